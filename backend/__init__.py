@@ -1,0 +1,1 @@
+"""ragstream backend: a FastAPI service that answers with retrieval-augmented chat."""

@@ -1,0 +1,69 @@
+"""FastAPI dependencies as `Annotated` aliases, so routes read as plain signatures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.components import Components
+from backend.db import repository
+from backend.db.models import User
+from backend.errors import NotAuthenticated
+from backend.security import InvalidToken, decode_access_token
+from backend.services.chat import ChatService
+from backend.settings import Settings
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+def get_components(request: Request) -> Components:
+    return request.app.state.components
+
+
+ComponentsDep = Annotated[Components, Depends(get_components)]
+
+
+def get_app_settings(components: ComponentsDep) -> Settings:
+    return components.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def get_session(components: ComponentsDep) -> AsyncIterator[AsyncSession]:
+    async with components.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_current_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> User:
+    if not token:
+        raise NotAuthenticated("not authenticated: send `Authorization: Bearer <token>`")
+    try:
+        user_id = decode_access_token(token, secret_key=settings.secret_key)
+    except InvalidToken as exc:
+        raise NotAuthenticated(f"{exc}; log in again") from exc
+    user = await repository.get_user(session=session, user_id=user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("unknown or inactive user; log in again")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_chat_service(components: ComponentsDep) -> ChatService:
+    return components.chat_service
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

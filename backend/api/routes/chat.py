@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from backend.api.deps import ChatServiceDep, CurrentUser, SettingsDep
+from backend.errors import UpstreamFailed
+from backend.schemas import ChatRequest, ChatResponse, MessagePublic
+from backend.services.chat import ChatEvent, ChatOptions, ChatService, ChatTurn
+
+router = APIRouter(tags=["chat"])
+
+
+async def _start(service: ChatService, user_id: str, body: ChatRequest) -> ChatTurn:
+    return await service.start(
+        user_id=user_id,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        options=ChatOptions(
+            model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
+        ),
+    )
+
+
+async def _sse(events: AsyncIterator[ChatEvent]) -> AsyncIterator[ServerSentEvent]:
+    async for event in events:
+        yield ServerSentEvent(data=json.dumps(event.data, ensure_ascii=False), event=event.event)
+
+
+@router.post("/chat/stream")
+async def chat_stream(
+    body: ChatRequest, user: CurrentUser, service: ChatServiceDep, settings: SettingsDep
+) -> EventSourceResponse:
+    """Answer as Server-Sent Events: meta, sources, token..., then done or error."""
+    turn = await _start(service, user.id, body)  # 4xx here, before the stream opens
+    return EventSourceResponse(
+        _sse(turn.events()),
+        ping=int(settings.sse_ping_seconds) or 1,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/chat", response_model=ChatResponse)
+async def chat(body: ChatRequest, user: CurrentUser, service: ChatServiceDep) -> ChatResponse:
+    """Answer in one JSON response (the same pipeline as /chat/stream)."""
+    turn = await _start(service, user.id, body)
+    answer = await service.complete(turn)
+    if answer.status == "error":
+        raise UpstreamFailed(answer.error or "the model failed")
+    return ChatResponse(
+        conversation_id=turn.conversation_id,
+        message=MessagePublic.model_validate(answer),
+        sources=answer.sources or [],
+    )

@@ -1,0 +1,32 @@
+"""Errors the services raise; `backend.app` maps each kind to one HTTP status."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: `detail` is safe to show to the caller."""
+
+    def __init__(self, detail: str, *, field: tuple[str, ...] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class NotFound(ServiceError):
+    """The thing does not exist, or belongs to someone else (never say which)."""
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed JSON but a value is unacceptable."""
+
+
+class Conflict(ServiceError):
+    """The request clashes with what is stored (e.g. a username that is taken)."""
+
+
+class NotAuthenticated(ServiceError):
+    """Missing, malformed, expired or unknown credentials."""
+
+
+class UpstreamFailed(ServiceError):
+    """A system we depend on (the model) failed while serving the request."""

@@ -1,0 +1,300 @@
+"""The chat pipeline: history, (retrieval), prompt, streamed answer, persistence.
+Knows nothing of HTTP: it yields `ChatEvent`s that the API frames as SSE or JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.db import repository
+from backend.db.models import Conversation, Message, new_id, utcnow
+from backend.errors import InvalidInput, NotFound
+from backend.llm import ChatModelHandle
+from backend.services.prompt import build_prompt, history_messages
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 60
+
+
+@dataclass
+class ChatEvent:
+    """One event of an answer: `meta`, `sources`, `token`, `done` or `error`."""
+
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass
+class ChatOptions:
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class ChatTurn:
+    """A user message that is stored and awaits its answer; `events()` produces it."""
+
+    service: ChatService
+    conversation_id: str
+    user_message_id: str
+    assistant_message_id: str
+    question: str
+    history: list[tuple[str, str]]
+    model: ChatModelHandle
+    max_tokens: int
+    temperature: float
+    started: float = field(default_factory=time.perf_counter)
+
+    def events(self) -> AsyncIterator[ChatEvent]:
+        return self.service._answer(self)
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        model: ChatModelHandle,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.model = model
+
+    # --- step 0: validate and store what the user typed ----------------------------------
+    def _options(self, options: ChatOptions) -> tuple[ChatModelHandle, int, float]:
+        if options.model is not None and options.model != self.model.name:
+            raise InvalidInput(
+                f"unknown model {options.model!r}; choose one of: {self.model.name}",
+                field=("body", "model"),
+            )
+        max_tokens = options.max_tokens or self.settings.max_tokens_default
+        if max_tokens > self.settings.max_tokens_limit:
+            raise InvalidInput(
+                f"max_tokens must be at most {self.settings.max_tokens_limit}",
+                field=("body", "max_tokens"),
+            )
+        temperature = (
+            options.temperature
+            if options.temperature is not None
+            else self.settings.temperature_default
+        )
+        return self.model, max_tokens, temperature
+
+    async def start(
+        self,
+        *,
+        user_id: str,
+        message: str,
+        conversation_id: str | None,
+        options: ChatOptions,
+    ) -> ChatTurn:
+        """Check the request, then commit the user's message (before any generation)."""
+        if len(message) > self.settings.max_message_chars:
+            raise InvalidInput(
+                f"message is {len(message)} characters long; the limit is "
+                f"{self.settings.max_message_chars}",
+                field=("body", "message"),
+            )
+        model, max_tokens, temperature = self._options(options)
+        # Refuse a message that cannot fit before anything is stored.
+        build_prompt(
+            system=self.settings.system_prompt,
+            history=[],
+            question=message,
+            count_tokens=model.count_tokens,
+            budget=model.context_window - max_tokens,
+        )
+        async with self.sessions() as session:
+            if conversation_id is None:
+                conversation = await repository.create_conversation(
+                    session=session, user_id=user_id, title=_title(message)
+                )
+                branch: list[Message] = []
+            else:
+                found = await repository.get_conversation(
+                    session=session, user_id=user_id, conversation_id=conversation_id
+                )
+                if found is None:
+                    raise NotFound("conversation not found", field=("body", "conversation_id"))
+                conversation = found
+                stored = await repository.conversation_messages(
+                    session=session, conversation_id=conversation.id
+                )
+                branch = repository.branch_ending_at(stored, stored[-1].id if stored else None)
+            user_message = await repository.add_message(
+                session=session,
+                conversation=conversation,
+                role="user",
+                content=message,
+                parent_id=branch[-1].id if branch else None,
+                status="complete",
+            )
+            await session.commit()
+        return ChatTurn(
+            service=self,
+            conversation_id=conversation.id,
+            user_message_id=user_message.id,
+            assistant_message_id=new_id(),
+            question=message,
+            history=[(m.role, m.content) for m in branch if m.content],
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+
+    async def complete(self, turn: ChatTurn) -> Message:
+        """Run the answer to its end and return it as stored."""
+        async for _event in turn.events():
+            pass
+        async with self.sessions() as session:
+            stored = await session.get(Message, turn.assistant_message_id)
+        if stored is None:
+            raise NotFound("the conversation was deleted while it was being answered")
+        return stored
+
+    # --- steps 1-5: answer -------------------------------------------------------------
+    async def _answer(self, turn: ChatTurn) -> AsyncIterator[ChatEvent]:
+        model = turn.model
+        answer = _Answer(created_at=utcnow())
+        yield ChatEvent(
+            "meta",
+            {
+                "conversation_id": turn.conversation_id,
+                "user_message_id": turn.user_message_id,
+                "assistant_message_id": turn.assistant_message_id,
+                "model": model.name,
+            },
+        )
+        retrieval_started = time.perf_counter()
+        # Retrieval plugs in here: it fills answer.sources.
+        answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
+        yield ChatEvent("sources", {"sources": answer.sources})
+
+        prompt = build_prompt(
+            system=self.settings.system_prompt,
+            history=history_messages(turn.history),
+            question=turn.question,
+            count_tokens=model.count_tokens,
+            budget=model.context_window - turn.max_tokens,
+        )
+        answer.counted_prompt_tokens = prompt.prompt_tokens
+        try:
+            stream = model.chat.astream(
+                prompt.messages, max_tokens=turn.max_tokens, temperature=turn.temperature
+            )
+            async for chunk in stream:
+                if chunk.usage_metadata:
+                    answer.usage = {
+                        "prompt_tokens": chunk.usage_metadata["input_tokens"],
+                        "completion_tokens": chunk.usage_metadata["output_tokens"],
+                    }
+                answer.finish_reason = (
+                    chunk.response_metadata.get("finish_reason") or answer.finish_reason
+                )
+                if text := chunk.text:
+                    if answer.first_token_at is None:
+                        answer.first_token_at = time.perf_counter()
+                    answer.parts.append(text)
+                    yield ChatEvent("token", {"text": text})
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: keep what was said so far, then let cancellation finish.
+            answer.status, answer.finish_reason = "interrupted", "cancelled"
+            with anyio.CancelScope(shield=True):
+                await self._store_answer(turn, answer)
+            raise
+        except Exception:
+            log.exception("model %s failed mid-answer", model.name)
+            answer.status, answer.finish_reason = "error", "error"
+            answer.error = "The model failed while answering; please try again."
+
+        stored = await self._store_answer(turn, answer)
+        if answer.status == "error":
+            yield ChatEvent("error", {"code": "model_error", "message": answer.error})
+            return
+        yield ChatEvent(
+            "done",
+            {
+                "finish_reason": stored.finish_reason,
+                "usage": {
+                    "prompt_tokens": stored.prompt_tokens,
+                    "completion_tokens": stored.completion_tokens,
+                },
+                "timings": stored.timings,
+            },
+        )
+
+    async def _store_answer(self, turn: ChatTurn, answer: _Answer) -> Message:
+        content = "".join(answer.parts)
+        usage = answer.usage or {
+            "prompt_tokens": answer.counted_prompt_tokens,
+            "completion_tokens": turn.model.count_tokens(content) if content else 0,
+        }
+        now = time.perf_counter()
+        timings = {
+            "retrieval_ms": round(answer.retrieval_ms, 2),
+            "ttft_ms": _ms(answer.first_token_at - turn.started) if answer.first_token_at else None,
+            "total_ms": _ms(now - turn.started),
+        }
+        fields: dict[str, Any] = {
+            "status": answer.status,
+            "model": turn.model.name,
+            "finish_reason": answer.finish_reason or "stop",
+            "error": answer.error,
+            "timings": timings,
+            "sources": answer.sources,
+            **usage,
+        }
+        async with self.sessions() as session:
+            conversation = await session.get(Conversation, turn.conversation_id)
+            if conversation is None:  # deleted while answering: nothing to attach it to
+                log.info("conversation %s was deleted during its answer", turn.conversation_id)
+                return Message(id=turn.assistant_message_id, content=content, **fields)
+            message = await repository.add_message(
+                session=session,
+                conversation=conversation,
+                role="assistant",
+                content=content,
+                parent_id=turn.user_message_id,
+                message_id=turn.assistant_message_id,
+                created_at=answer.created_at,
+                **fields,
+            )
+            await session.commit()
+            return message
+
+
+@dataclass
+class _Answer:
+    """What has been produced of one answer so far."""
+
+    created_at: datetime
+    parts: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] | None = None
+    counted_prompt_tokens: int = 0
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    retrieval_ms: float = 0.0
+    status: str = "complete"
+    error: str | None = None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _title(message: str) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"

@@ -1,0 +1,78 @@
+"""Building the prompt within the model's token budget (LangChain ChatPromptTemplate)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from backend.errors import InvalidInput
+
+# Role markers the chat template wraps around each message (SmolLM2: `<|im_start|>user\n`...).
+PER_MESSAGE_OVERHEAD = 5
+
+CHAT_PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "{system}"),
+        MessagesPlaceholder("history"),
+        ("human", "{question}"),
+    ]
+)
+
+
+@dataclass
+class BuiltPrompt:
+    messages: list[BaseMessage]
+    prompt_tokens: int  # as counted for the budget
+    history_used: int  # turns of history kept
+    history_dropped: int  # oldest turns left out to fit
+
+
+def history_messages(turns: Sequence[tuple[str, str]]) -> list[BaseMessage]:
+    """(role, content) pairs from the store as LangChain messages."""
+    return [HumanMessage(text) if role == "user" else AIMessage(text) for role, text in turns]
+
+
+def build_prompt(
+    *,
+    system: str,
+    history: Sequence[BaseMessage],
+    question: str,
+    count_tokens: Callable[[str], int],
+    budget: int,
+) -> BuiltPrompt:
+    """System + as much recent history as fits + question, in at most `budget` tokens.
+
+    History is pruned oldest-first; the system instruction and the question always stay,
+    and a question that cannot fit with them is refused with the figures to change.
+    """
+
+    def cost(text: str) -> int:
+        return count_tokens(text) + PER_MESSAGE_OVERHEAD
+
+    fixed = cost(system) + cost(question)
+    if fixed > budget:
+        raise InvalidInput(
+            f"message is too long: it needs {fixed} tokens with the system prompt, but only "
+            f"{budget} are available (context window minus the answer's max_tokens); "
+            "shorten the message or ask for fewer max_tokens",
+            field=("body", "message"),
+        )
+    kept: list[BaseMessage] = []
+    used = fixed
+    for message in reversed(history):
+        need = cost(message.text)
+        if used + need > budget:
+            break
+        kept.append(message)
+        used += need
+    kept.reverse()
+    messages = CHAT_PROMPT.format_messages(system=system, history=kept, question=question)
+    return BuiltPrompt(
+        messages=messages,
+        prompt_tokens=used,
+        history_used=len(kept),
+        history_dropped=len(history) - len(kept),
+    )
