@@ -45,7 +45,9 @@ def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings | None = None, *, model: ChatModelHandle | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, model: ChatModelHandle | None = None
+) -> FastAPI:
     """Build the app for `settings` (default: the environment). Tests may pass a `model`."""
     settings = settings or get_settings()
 

@@ -92,7 +92,9 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(description="The user's message (not blank).")
-    conversation_id: str | None = Field(None, description="Continue this conversation; new if absent.")
+    conversation_id: str | None = Field(
+        None, description="Continue this conversation; new if absent."
+    )
     model: str | None = Field(None, description="A model from `GET /models`; default if absent.")
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)

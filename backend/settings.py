@@ -35,7 +35,8 @@ class Settings(BaseSettings):
 
     # --- state -----------------------------------------------------------------------------
     data_dir: Path = Field(
-        Path("./data"), description="Where the SQLite file, the embedded store and other state live."
+        Path("./data"),
+        description="Where the SQLite file, the embedded store and other state live.",
     )
     database_url: str | None = Field(
         None,
@@ -120,14 +121,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ragstream.db'}"
-        # Accept the URLs hosting platforms hand out and pick the async drivers we ship.
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+asyncpg://" + url[len(prefix) :]
-        if url.startswith("sqlite://"):
-            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-        return url
+        from backend.db.engine import async_driver_url
+
+        return async_driver_url(
+            self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ragstream.db'}"
+        )
 
 
 @lru_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -13,8 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+def async_driver_url(url: str) -> str:
+    """`url` with the async driver we ship; accepts the plain URLs hosting platforms hand out."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `url`; SQLite gets its folder created and foreign keys enforced."""
+    url = async_driver_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -51,7 +63,11 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(_alembic_config(connection), "head")
 
 
+# Alembic keeps its running context in module globals: one migration at a time per process.
+_MIGRATION_LOCK = asyncio.Lock()
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every pending Alembic migration (run at start-up)."""
-    async with engine.begin() as connection:
+    async with _MIGRATION_LOCK, engine.begin() as connection:
         await connection.run_sync(_upgrade)

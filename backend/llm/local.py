@@ -270,7 +270,7 @@ class LlamaCppChatModel(BaseChatModel):
             try:
                 for chunk in self._tokens(messages, stop, cancel, **kwargs):
                     post("chunk", chunk)
-            except BaseException as exc:  # handed to the consumer, raised there
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
                 post("error", exc)
             finally:
                 post("end", None)

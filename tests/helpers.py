@@ -1,0 +1,178 @@
+"""Test-data helpers: fake models, a real uvicorn server in a thread, API shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from httpx_sse import connect_sse
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
+from langchain_core.language_models import FakeListChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+from pydantic import Field
+
+from backend.llm import ChatModelHandle
+from backend.settings import Settings
+
+
+class RecordingFakeChatModel(FakeListChatModel):
+    """LangChain's fake list model (one chunk a character) that also records each prompt
+    and whether a generation is under way or was cancelled."""
+
+    prompts: list[list[BaseMessage]] = Field(default_factory=list)
+    active: int = 0
+    cancelled: int = 0
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        self.prompts.append(list(messages))
+        self.active += 1
+        try:
+            async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+                yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+
+
+def fake_model(
+    responses: list[str] | None = None,
+    *,
+    sleep: float | None = None,
+    error_on_chunk_number: int | None = None,
+    context_window: int = 4096,
+) -> ChatModelHandle:
+    chat = RecordingFakeChatModel(
+        responses=responses or ["Hello there, how can I help?"],
+        sleep=sleep,
+        error_on_chunk_number=error_on_chunk_number,
+        prompts=[],
+    )
+    return ChatModelHandle(
+        name="fake-model", provider="fake", chat=chat, context_window=context_window
+    )
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    """Settings for a test app: its own data folder and database, no `.env`."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "environment": "development",
+        "sse_ping_seconds": 15,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    """CREATE DATABASE `name` through a connection to `admin_url` (PostgreSQL)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_url, timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: FastAPI
+
+    @property
+    def components(self) -> Any:
+        return self.app.state.components
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[LiveServer]:
+    """Serve `app` with a real uvicorn on 127.0.0.1 in a thread, until the block ends."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.05)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError("the test server did not start (see the log above)")
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def register(
+    client: httpx.Client, username: str | None = None, password: str = "s3cret-pass"
+) -> dict[str, str]:
+    """Create a user and return Authorization headers for it."""
+    username = username or f"user-{uuid.uuid4().hex[:10]}"
+    response = client.post("/auth/register", json={"username": username, "password": password})
+    assert response.status_code == 201, response.text
+    token = client.post("/auth/token", data={"username": username, "password": password})
+    assert token.status_code == 200, token.text
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+@dataclass
+class StreamResult:
+    events: list[tuple[str, dict[str, Any]]]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    def first(self, name: str) -> dict[str, Any]:
+        return next(data for event, data in self.events if event == name)
+
+    def text(self) -> str:
+        return "".join(data["text"] for event, data in self.events if event == "token")
+
+
+def stream_chat(client: httpx.Client, headers: dict[str, str], **body: Any) -> StreamResult:
+    events = []
+    with connect_sse(client, "POST", "/chat/stream", json=body, headers=headers) as source:
+        source.response.raise_for_status()
+        for sse in source.iter_sse():
+            events.append((sse.event, sse.json()))
+    return StreamResult(events)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from backend.errors import InvalidInput
+from backend.services.prompt import PER_MESSAGE_OVERHEAD, build_prompt
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_everything_fits_in_order() -> None:
+    history = [HumanMessage("hello there"), AIMessage("hi")]
+    built = build_prompt(
+        system="be nice", history=history, question="how are you", count_tokens=words, budget=100
+    )
+    assert [(m.type, m.text) for m in built.messages] == [
+        ("system", "be nice"),
+        ("human", "hello there"),
+        ("ai", "hi"),
+        ("human", "how are you"),
+    ]
+    assert built.prompt_tokens == 2 + 2 + 1 + 3 + 4 * PER_MESSAGE_OVERHEAD
+    assert (built.history_used, built.history_dropped) == (2, 0)
+
+
+def test_oldest_history_goes_first_and_the_question_always_stays() -> None:
+    history = [
+        HumanMessage("one " * 10),
+        AIMessage("two " * 10),
+        HumanMessage("three"),
+        AIMessage("four"),
+    ]
+    budget = (
+        (1 + 1 + 1 + 1) + 4 * PER_MESSAGE_OVERHEAD + 5
+    )  # room for system, question, 2 short turns
+    built = build_prompt(
+        system="sys", history=history, question="q", count_tokens=words, budget=budget
+    )
+    assert [m.text for m in built.messages] == ["sys", "three", "four", "q"]
+    assert built.history_dropped == 2
+    assert built.prompt_tokens <= budget
+
+
+def test_braces_in_user_text_are_not_template_variables() -> None:
+    built = build_prompt(
+        system="{system}",
+        history=[HumanMessage("{history}")],
+        question="{question} {x}",
+        count_tokens=words,
+        budget=100,
+    )
+    assert [m.text for m in built.messages] == ["{system}", "{history}", "{question} {x}"]
+
+
+def test_a_question_that_cannot_fit_says_what_to_change() -> None:
+    with pytest.raises(InvalidInput, match=r"needs 21 tokens .* only 20 are available"):
+        build_prompt(system="s", history=[], question="q " * 10, count_tokens=words, budget=20)
