@@ -88,8 +88,8 @@ class Settings(BaseSettings):
     )
 
     # --- streaming -----------------------------------------------------------------------
-    sse_ping_seconds: float = Field(
-        15.0, gt=0, description="Keep-alive comment interval on idle SSE streams."
+    sse_ping_seconds: int = Field(
+        15, ge=1, description="Keep-alive comment interval on idle SSE streams."
     )
 
     # --- frontend ----------------------------------------------------------------------------

@@ -51,3 +51,12 @@ def test_the_answer_budget_must_leave_room_for_a_prompt() -> None:
         settings(llm_context_window=1024, max_tokens_limit=1024)
     with pytest.raises(ValidationError, match="MAX_TOKENS_DEFAULT must not exceed"):
         settings(max_tokens_default=900, max_tokens_limit=800)
+
+
+def test_env_example_lists_every_setting() -> None:
+    import re
+    from pathlib import Path
+
+    example = (Path(__file__).parent.parent / ".env.example").read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, flags=re.MULTILINE))
+    assert listed == {name.upper() for name in Settings.model_fields}

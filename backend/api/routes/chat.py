@@ -38,7 +38,7 @@ async def chat_stream(
     turn = await _start(service, user.id, body)  # 4xx here, before the stream opens
     return EventSourceResponse(
         _sse(turn.events()),
-        ping=int(settings.sse_ping_seconds) or 1,
+        ping=settings.sse_ping_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: install everything, make PostgreSQL available, lint, run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+
+export HF_HUB_DISABLE_TELEMETRY=1
+if url=$(scripts/ensure-postgres.sh | tail -1) && [ -n "$url" ]; then
+  export TEST_POSTGRES_URL=$url
+  export REQUIRE_POSTGRES=1  # it answered: a failure to use it is a failure, not a skip
+else
+  echo "PostgreSQL could not be had here: its tests will be skipped." >&2
+fi
+
+.venv/bin/ruff check backend frontend tests bench
+.venv/bin/ruff format --check backend frontend tests bench
+.venv/bin/python -m pytest "$@"
