@@ -83,25 +83,23 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-async def create_database(admin_url: str, name: str) -> None:
-    """CREATE DATABASE `name` through a connection to `admin_url` (PostgreSQL)."""
+async def _admin(admin_url: str, statement: str) -> None:
     import asyncpg
 
     connection = await asyncpg.connect(admin_url, timeout=5)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    """CREATE DATABASE `name` through a connection to `admin_url` (PostgreSQL)."""
+    await _admin(admin_url, f'CREATE DATABASE "{name}"')
 
 
 async def drop_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

@@ -5,22 +5,46 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import repository
 from backend.db.engine import create_engine, migrate, session_factory
-from backend.db.models import utcnow
+from backend.db.models import Conversation, User, utcnow
 from tests.helpers import create_database, drop_database
 
 
-async def _fresh(database_url: str):  # type: ignore[no-untyped-def]
+async def _fresh(database_url: str) -> AsyncEngine:
     engine = create_engine(database_url)
     await migrate(engine)
     return engine
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a migrated history store (SQLite and PostgreSQL)."""
+    engine = await _fresh(database_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+async def _user_with_conversations(
+    session: AsyncSession, *titles: str
+) -> tuple[User, list[Conversation]]:
+    user = await repository.create_user(
+        session=session, username=f"u-{uuid.uuid4().hex[:8]}", password_hash="h"
+    )
+    conversations = [
+        await repository.create_conversation(session=session, user_id=user.id, title=title)
+        for title in titles
+    ]
+    return user, conversations
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
@@ -72,131 +96,95 @@ async def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_pa
         await drop_database(f"{admin}/postgres", database)
 
 
-async def test_messages_keep_their_order_branches_and_fields(database_url: str) -> None:
-    engine = await _fresh(database_url)
-    sessions = session_factory(engine)
-    try:
-        async with sessions() as session:
-            user = await repository.create_user(
-                session=session, username=f"u{id(session)}", password_hash="h"
-            )
-            conversation = await repository.create_conversation(
-                session=session, user_id=user.id, title="t"
-            )
-            now = utcnow()
-            question = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="user",
-                content="q",
-                parent_id=None,
-                created_at=now,
-            )
-            first = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="assistant",
-                content="a1",
-                parent_id=question.id,
-                created_at=now,  # same instant: seq breaks the tie
-                status="interrupted",
-                model="m",
-                prompt_tokens=3,
-                completion_tokens=1,
-                timings={"ttft_ms": 1.5},
-                sources=[{"id": "c1", "score": 0.5}],
-            )
-            second = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="assistant",
-                content="a2",
-                parent_id=question.id,
-                created_at=now + timedelta(seconds=1),
-            )
-            await session.commit()
+async def test_messages_keep_their_order_branches_and_fields(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        _, [conversation] = await _user_with_conversations(session, "t")
+        now = utcnow()
+        question = await repository.add_message(
+            session=session,
+            conversation=conversation,
+            role="user",
+            content="q",
+            parent_id=None,
+            created_at=now,
+        )
+        first = await repository.add_message(
+            session=session,
+            conversation=conversation,
+            role="assistant",
+            content="a1",
+            parent_id=question.id,
+            created_at=now,  # the same instant: seq breaks the tie
+            status="interrupted",
+            model="m",
+            prompt_tokens=3,
+            completion_tokens=1,
+            timings={"ttft_ms": 1.5},
+            sources=[{"id": "c1", "score": 0.5}],
+        )
+        second = await repository.add_message(
+            session=session,
+            conversation=conversation,
+            role="assistant",
+            content="a2",
+            parent_id=question.id,
+            created_at=now + timedelta(seconds=1),
+        )
+        await session.commit()
 
-        async with sessions() as session:
-            stored = await repository.conversation_messages(
-                session=session, conversation_id=conversation.id
-            )
-            assert [m.id for m in stored] == [question.id, first.id, second.id]
-            loaded = stored[1]
-            assert (loaded.status, loaded.model, loaded.prompt_tokens) == ("interrupted", "m", 3)
-            assert loaded.timings == {"ttft_ms": 1.5}
-            assert loaded.sources == [{"id": "c1", "score": 0.5}]
-            # Two answers to one question are sibling branches; each path has one answer.
-            assert [m.id for m in repository.branch_ending_at(stored, second.id)] == [
-                question.id,
-                second.id,
-            ]
-            assert [m.id for m in repository.branch_ending_at(stored, first.id)] == [
-                question.id,
-                first.id,
-            ]
-    finally:
-        await engine.dispose()
+    async with sessions() as session:
+        stored = await repository.conversation_messages(
+            session=session, conversation_id=conversation.id
+        )
+    assert [m.id for m in stored] == [question.id, first.id, second.id]
+    loaded = stored[1]
+    assert (loaded.status, loaded.model, loaded.prompt_tokens) == ("interrupted", "m", 3)
+    assert loaded.timings == {"ttft_ms": 1.5}
+    assert loaded.sources == [{"id": "c1", "score": 0.5}]
+    # Two answers to one question are sibling branches; each path holds one of them.
+    path = repository.branch_ending_at
+    assert [m.id for m in path(stored, second.id)] == [question.id, second.id]
+    assert [m.id for m in path(stored, first.id)] == [question.id, first.id]
 
 
-async def test_deleting_a_conversation_deletes_its_messages_only(database_url: str) -> None:
-    engine = await _fresh(database_url)
-    sessions = session_factory(engine)
-    try:
-        async with sessions() as session:
-            user = await repository.create_user(
-                session=session, username=f"d{id(session)}", password_hash="h"
+async def test_deleting_a_conversation_deletes_its_messages_only(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        user, [doomed, kept] = await _user_with_conversations(session, "doomed", "kept")
+        for conversation in (doomed, kept):
+            await repository.add_message(
+                session=session, conversation=conversation, role="user", content="x", parent_id=None
             )
-            doomed = await repository.create_conversation(
-                session=session, user_id=user.id, title="doomed"
-            )
-            kept = await repository.create_conversation(
-                session=session, user_id=user.id, title="kept"
-            )
-            for conversation in (doomed, kept):
-                await repository.add_message(
-                    session=session,
-                    conversation=conversation,
-                    role="user",
-                    content="x",
-                    parent_id=None,
-                )
-            await session.commit()
-        async with sessions() as session:
-            found = await repository.get_conversation(
-                session=session, user_id=user.id, conversation_id=doomed.id
-            )
-            assert found is not None
-            await repository.delete_conversation(session=session, conversation=found)
-            await session.commit()
-        async with sessions() as session:
-            assert (
-                await repository.conversation_messages(session=session, conversation_id=doomed.id)
-                == []
-            )
-            assert (
-                len(
-                    await repository.conversation_messages(session=session, conversation_id=kept.id)
-                )
-                == 1
-            )
-            other_user = await repository.get_conversation(
+        await session.commit()
+    async with sessions() as session:
+        found = await repository.get_conversation(
+            session=session, user_id=user.id, conversation_id=doomed.id
+        )
+        assert found is not None
+        await repository.delete_conversation(session=session, conversation=found)
+        await session.commit()
+    async with sessions() as session:
+        messages = repository.conversation_messages
+        assert await messages(session=session, conversation_id=doomed.id) == []
+        assert len(await messages(session=session, conversation_id=kept.id)) == 1
+        assert (
+            await repository.get_conversation(
                 session=session, user_id="someone-else", conversation_id=kept.id
             )
-            assert other_user is None
-    finally:
-        await engine.dispose()
+            is None
+        )
 
 
-async def test_a_taken_username_is_refused_by_the_database_too(database_url: str) -> None:
-    from sqlalchemy.exc import IntegrityError
-
-    engine = await _fresh(database_url)
-    try:
-        async with session_factory(engine)() as session:
-            await repository.create_user(session=session, username="twin", password_hash="h")
-            await session.commit()
-        async with session_factory(engine)() as session:
-            with pytest.raises(IntegrityError):
-                await repository.create_user(session=session, username="twin", password_hash="h")
-    finally:
-        await engine.dispose()
+async def test_a_taken_username_is_refused_by_the_database_too(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    name = f"twin-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session:
+        await repository.create_user(session=session, username=name, password_hash="h")
+        await session.commit()
+    async with sessions() as session:
+        with pytest.raises(IntegrityError):
+            await repository.create_user(session=session, username=name, password_hash="h")

@@ -85,3 +85,18 @@ def test_a_client_leaving_stops_the_local_model(real_server: LiveServer) -> None
         answer = messages[1]
         assert answer["status"] == "interrupted"
         assert 5 <= answer["completion_tokens"] < 1500
+
+
+def test_concurrent_answers_take_turns_on_the_one_model(real_server: LiveServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with httpx.Client(base_url=real_server.url, timeout=120) as client:
+        headers = register(client)
+
+        def ask(question: str) -> list[str]:
+            return stream_chat(client, headers, message=question, max_tokens=30).names()
+
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(ask, ["Name a colour.", "Name a fruit.", "Name a city."]))
+        assert all(names[-1] == "done" and "token" in names for names in results)
+        assert client.get("/conversations", headers=headers).json()["count"] == 3

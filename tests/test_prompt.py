@@ -4,7 +4,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from backend.errors import InvalidInput
-from backend.services.prompt import PER_MESSAGE_OVERHEAD, build_prompt
+from backend.services.prompt import PER_MESSAGE_OVERHEAD, REPLY_PRIMER, build_prompt
 
 
 def words(text: str) -> int:
@@ -22,7 +22,7 @@ def test_everything_fits_in_order() -> None:
         ("ai", "hi"),
         ("human", "how are you"),
     ]
-    assert built.prompt_tokens == 2 + 2 + 1 + 3 + 4 * PER_MESSAGE_OVERHEAD
+    assert built.prompt_tokens == 2 + 2 + 1 + 3 + 4 * PER_MESSAGE_OVERHEAD + REPLY_PRIMER
     assert (built.history_used, built.history_dropped) == (2, 0)
 
 
@@ -56,5 +56,5 @@ def test_braces_in_user_text_are_not_template_variables() -> None:
 
 
 def test_a_question_that_cannot_fit_says_what_to_change() -> None:
-    with pytest.raises(InvalidInput, match=r"needs 21 tokens .* only 20 are available"):
-        build_prompt(system="s", history=[], question="q " * 10, count_tokens=words, budget=20)
+    with pytest.raises(InvalidInput, match=r"needs 26 tokens .* only 25 are available"):
+        build_prompt(system="s", history=[], question="q " * 10, count_tokens=words, budget=25)

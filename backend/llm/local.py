@@ -173,6 +173,8 @@ class LlamaCppChatModel(BaseChatModel):
         self.load()
         prompt, template_stop = self._prompt(messages)
         with self._lock:
+            if cancel.is_set():  # the consumer left while waiting for its turn
+                return
             self._generating.set()
             completion = None
             try:

@@ -10,8 +10,10 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from backend.errors import InvalidInput
 
-# Role markers the chat template wraps around each message (SmolLM2: `<|im_start|>user\n`...).
+# Role markers the chat template wraps around each message (SmolLM2: `<|im_start|>user\n`...),
+# and the assistant header that opens the answer.
 PER_MESSAGE_OVERHEAD = 5
+REPLY_PRIMER = 5
 
 CHAT_PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -52,7 +54,7 @@ def build_prompt(
     def cost(text: str) -> int:
         return count_tokens(text) + PER_MESSAGE_OVERHEAD
 
-    fixed = cost(system) + cost(question)
+    fixed = cost(system) + cost(question) + REPLY_PRIMER
     if fixed > budget:
         raise InvalidInput(
             f"message is too long: it needs {fixed} tokens with the system prompt, but only "
