@@ -9,18 +9,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from langchain_core.embeddings import Embeddings
 
-from backend.api.routes import auth, chat, conversations, health
+from backend.api.routes import auth, chat, conversations, documents, health
 from backend.components import build_components
 from backend.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotAuthenticated,
     NotFound,
+    PayloadTooLarge,
     ServiceError,
     UpstreamFailed,
 )
 from backend.llm import ChatModelHandle
+from backend.retrieval.store import VectorStore
 from backend.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,8 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     Conflict: 409,
     NotAuthenticated: 401,
     UpstreamFailed: 502,
+    Forbidden: 403,
+    PayloadTooLarge: 413,
 }
 
 
@@ -46,14 +52,21 @@ def _service_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings | None = None, *, model: ChatModelHandle | None = None
+    settings: Settings | None = None,
+    *,
+    model: ChatModelHandle | None = None,
+    embeddings: Embeddings | None = None,
+    store: VectorStore | None = None,
 ) -> FastAPI:
-    """Build the app for `settings` (default: the environment). Tests may pass a `model`."""
+    """Build the app for `settings` (default: the environment). Tests may hand in the chat
+    model, the embeddings or the vector store."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        components = await build_components(settings, model=model)
+        components = await build_components(
+            settings, model=model, embeddings=embeddings, store=store
+        )
         app.state.components = components
         try:
             yield
@@ -74,6 +87,12 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_exception_handler(ServiceError, _service_error)
-    for router in (health.router, auth.router, conversations.router, chat.router):
+    for router in (
+        health.router,
+        auth.router,
+        conversations.router,
+        chat.router,
+        documents.router,
+    ):
         app.include_router(router)
     return app

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from langchain_core.embeddings import Embeddings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db.engine import create_engine, migrate, session_factory
 from backend.llm import ChatModelHandle, build_chat_model
+from backend.retrieval.bm25 import BM25Encoder
+from backend.retrieval.retriever import HybridRetriever
+from backend.retrieval.store import VectorStore
 from backend.services.chat import ChatService
+from backend.services.documents import DocumentService
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +27,8 @@ class Components:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     model: ChatModelHandle
+    store: VectorStore
+    documents: DocumentService
     chat_service: ChatService
 
     async def database_ok(self) -> bool:
@@ -35,32 +42,83 @@ class Components:
 
     async def close(self) -> None:
         self.model.close()
+        await self.store.close()
         await self.engine.dispose()
 
 
+def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
+    match settings.resolved_vector_store:
+        case "pinecone":
+            from backend.retrieval.pinecone_store import PineconeVectorStore
+
+            store = PineconeVectorStore(
+                api_key=settings.pinecone_api_key or "",
+                dimension=dimension,
+                host=settings.pinecone_host,
+                index_name=settings.pinecone_index,
+            )
+            store.check()
+            return store
+        case _:
+            from backend.retrieval.embedded import EmbeddedVectorStore
+
+            return EmbeddedVectorStore(settings.data_dir / "vectors.sqlite3", dimension=dimension)
+
+
 async def build_components(
-    settings: Settings, *, model: ChatModelHandle | None = None
+    settings: Settings,
+    *,
+    model: ChatModelHandle | None = None,
+    embeddings: Embeddings | None = None,
+    store: VectorStore | None = None,
 ) -> Components:
-    """Connect and migrate the history store, then load the chat model (or use `model`)."""
+    """Connect and migrate the history store, load the models, open the vector store.
+    Tests may hand in any of the model, embeddings or store."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
+    opened: list[VectorStore] = []
     try:
         await migrate(engine)
         handle = model or build_chat_model(settings)
+        if embeddings is None:
+            from backend.retrieval.embeddings import build_embeddings
+
+            embeddings, dimension = build_embeddings(settings)
+        else:
+            dimension = len(embeddings.embed_query("dimension probe"))
+        if store is None:
+            store = build_vector_store(settings, dimension)
+            opened.append(store)
     except BaseException:
+        for owned in opened:
+            await owned.close()
         await engine.dispose()
         raise
     sessions = session_factory(engine)
+    retriever = HybridRetriever(
+        embeddings=embeddings,
+        encoder=BM25Encoder(),
+        store=store,
+        fusion=settings.retrieval_fusion,
+        candidates=settings.retrieval_candidates,
+    )
+    documents = DocumentService(settings=settings, sessions=sessions, retriever=retriever)
+    await documents.load_stats()
     log.info(
-        "history store: %s; chat model: %s (%s)",
+        "history store: %s; chat model: %s (%s); vector store: %s",
         engine.url.render_as_string(hide_password=True),
         handle.name,
         handle.provider,
+        settings.resolved_vector_store,
     )
     return Components(
         settings=settings,
         engine=engine,
         sessions=sessions,
         model=handle,
-        chat_service=ChatService(settings=settings, sessions=sessions, model=handle),
+        store=store,
+        documents=documents,
+        chat_service=ChatService(
+            settings=settings, sessions=sessions, model=handle, documents=documents
+        ),
     )

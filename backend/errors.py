@@ -30,3 +30,11 @@ class NotAuthenticated(ServiceError):
 
 class UpstreamFailed(ServiceError):
     """A system we depend on (the model) failed while serving the request."""
+
+
+class Forbidden(ServiceError):
+    """The caller is known but may not do this."""
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body or upload is larger than the operator allows."""

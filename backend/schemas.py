@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -88,6 +88,22 @@ class ConversationDetail(ConversationPublic):
     messages: list[MessagePublic]
 
 
+class RetrievalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Search the documents for context.")
+    namespaces: list[Literal["private", "shared"]] | None = Field(
+        None, min_length=1, description="Where to search: your private documents, the shared ones."
+    )
+    filter: dict[str, Any] | None = Field(
+        None, description="Pinecone-language metadata filter ($eq $in $gte $and ...)."
+    )
+    top_k: int | None = Field(None, ge=1, le=50, description="Passages to retrieve.")
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="0 keyword only, 1 dense only; default: the setting."
+    )
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +114,7 @@ class ChatRequest(BaseModel):
     model: str | None = Field(None, description="A model from `GET /models`; default if absent.")
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
 
     @field_validator("message")
     @classmethod
@@ -122,3 +139,71 @@ class ModelInfo(BaseModel):
 
 class ModelsPublic(BaseModel):
     data: list[ModelInfo]
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="Your id; re-sending it replaces the document.")
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(None, max_length=500, description="Where it came from.")
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn]
+    namespace: Literal["private", "shared"] = "private"
+
+
+class IngestedDocument(BaseModel):
+    id: str
+    namespace: Literal["private", "shared"]
+    status: Literal["created", "updated", "unchanged"]
+    chunks: int
+
+
+class IngestResponse(BaseModel):
+    documents: list[IngestedDocument]
+    chunks: int
+
+
+class DocumentPublic(BaseModel):
+    id: str
+    namespace: Literal["private", "shared"]
+    source: str | None
+    metadata: dict[str, Any]
+    chunk_count: int
+    char_count: int
+    content_hash: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4000)
+    namespaces: list[Literal["private", "shared"]] | None = Field(None, min_length=1)
+    filter: dict[str, Any] | None = None
+    top_k: int | None = Field(None, ge=1, le=100)
+    alpha: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class SourcePublic(BaseModel):
+    id: str
+    document_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SourcePublic]
+    timings: dict[str, float]

@@ -87,6 +87,53 @@ class Settings(BaseSettings):
         16_000, ge=1, description="Longest user message accepted, in characters."
     )
 
+    # --- retrieval ---------------------------------------------------------------------------
+    vector_store: Literal["embedded", "pinecone"] | None = Field(
+        None, description="`pinecone` when PINECONE_API_KEY is set, else `embedded`."
+    )
+    pinecone_api_key: str | None = Field(None, description="Pinecone API key.")
+    pinecone_index: str | None = Field(
+        None, description="Pinecone index name (its host is looked up) when PINECONE_HOST is unset."
+    )
+    pinecone_host: str | None = Field(
+        None, description="Pinecone index host URL (skips the lookup by name)."
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="Folder of a sentence-transformers model; default: bundled all-MiniLM-L6-v2.",
+    )
+    embedding_batch_size: int = Field(32, ge=1, description="Chunks embedded per batch.")
+    chunk_size: int = Field(800, ge=100, description="Largest chunk, in characters.")
+    chunk_overlap: int = Field(120, ge=0, description="Characters neighbouring chunks share.")
+    retrieval_top_k: int = Field(5, ge=1, le=50, description="Passages per search by default.")
+    retrieval_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Default dense/keyword mix (0 keyword only, 1 dense only)."
+    )
+    retrieval_fusion: Literal["minmax", "convex"] = Field(
+        "minmax", description="How dense and keyword scores are fused (see docs/retrieval.md)."
+    )
+    retrieval_candidates: int = Field(
+        100, ge=10, le=1000, description="Candidates per side before min-max fusion."
+    )
+    context_share: float = Field(
+        0.6, gt=0.0, le=1.0, description="Share of the prompt budget sources may fill."
+    )
+    publishers: list[str] = Field(
+        default_factory=list,
+        description="Usernames allowed to publish to the shared namespace (JSON list).",
+    )
+    max_documents_per_request: int = Field(500, ge=1, description="Documents per ingest request.")
+    max_document_chars: int = Field(
+        2_000_000, ge=1, description="Longest document accepted, in characters."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest file upload.")
+    upsert_batch_size: int = Field(
+        200, ge=1, le=1000, description="Records per vector-store write (Pinecone: <= 1000, 2 MB)."
+    )
+    bm25_refresh_seconds: float = Field(
+        5.0, ge=0.0, description="How often a replica checks for BM25 statistics others changed."
+    )
+
     # --- streaming -----------------------------------------------------------------------
     sse_ping_seconds: int = Field(
         15, ge=1, description="Keep-alive comment interval on idle SSE streams."
@@ -111,6 +158,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_TOKENS_LIMIT must be smaller than LLM_CONTEXT_WINDOW so a prompt still fits."
             )
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE.")
+        if self.resolved_vector_store == "pinecone" and not (
+            self.pinecone_api_key and (self.pinecone_host or self.pinecone_index)
+        ):
+            raise ValueError(
+                "VECTOR_STORE=pinecone needs PINECONE_API_KEY and PINECONE_INDEX "
+                "(or PINECONE_HOST)."
+            )
         return self
 
     @property
@@ -118,6 +174,12 @@ class Settings(BaseSettings):
         if self.llm_provider:
             return self.llm_provider
         return "huggingface" if self.hf_token else "local"
+
+    @property
+    def resolved_vector_store(self) -> str:
+        if self.vector_store:
+            return self.vector_store
+        return "pinecone" if self.pinecone_api_key else "embedded"
 
     @property
     def resolved_database_url(self) -> str:

@@ -88,7 +88,7 @@ def main() -> None:
         direct_rows = [
             asyncio.run(direct(handle, settings, args.max_tokens)) for _ in range(args.runs)
         ]
-        with live_server(create_app(settings, model=handle)) as live:
+        with live_server(create_app(settings, model=handle, embeddings=fake_embeddings())) as live:
             with httpx.Client(base_url=live.url) as http:
                 headers = register(http)
             asyncio.run(through_api(live.url, headers, 8))  # warm-up

@@ -14,15 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.app import create_app
 from backend.llm import ChatModelHandle
 from tests.helpers import (
     LiveServer,
+    build_app,
     create_database,
     drop_database,
     fake_model,
     live_server,
-    make_settings,
 )
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -68,7 +67,7 @@ def model() -> ChatModelHandle:
 @pytest.fixture
 def server(tmp_path: Path, sqlite_url: str, model: ChatModelHandle) -> Iterator[LiveServer]:
     """A real uvicorn server on SQLite with the fake model (override `model` to change it)."""
-    with live_server(create_app(make_settings(tmp_path, sqlite_url), model=model)) as live:
+    with live_server(build_app(tmp_path, sqlite_url, model=model)) as live:
         yield live
 
 

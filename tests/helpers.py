@@ -17,12 +17,15 @@ import uvicorn
 from fastapi import FastAPI
 from httpx_sse import connect_sse
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from pydantic import Field
 
+from backend.app import create_app
 from backend.llm import ChatModelHandle
+from backend.retrieval.store import VectorStore
 from backend.settings import Settings
 
 
@@ -100,6 +103,30 @@ async def create_database(admin_url: str, name: str) -> None:
 
 async def drop_database(admin_url: str, name: str) -> None:
     await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fake_embeddings() -> Embeddings:
+    """LangChain's deterministic fake: 384-d vectors from a hash of the text (meaningless
+    as semantics, so tests that need meaning use the real model)."""
+    return DeterministicFakeEmbedding(size=384)
+
+
+def build_app(
+    tmp_path: Path,
+    database_url: str,
+    *,
+    model: ChatModelHandle | None = None,
+    embeddings: Embeddings | None = None,
+    store: VectorStore | None = None,
+    **settings: Any,
+) -> FastAPI:
+    """An app on its own data folder and database; fake model and embeddings by default."""
+    return create_app(
+        make_settings(tmp_path, database_url, **settings),
+        model=model or fake_model(),
+        embeddings=embeddings or fake_embeddings(),
+        store=store,
+    )
 
 
 @dataclass

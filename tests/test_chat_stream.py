@@ -9,13 +9,12 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from backend.app import create_app
 from backend.llm import ChatModelHandle
 from tests.helpers import (
     LiveServer,
+    build_app,
     fake_model,
     live_server,
-    make_settings,
     register,
     stream_chat,
 )
@@ -195,7 +194,7 @@ def test_a_client_leaving_mid_stream_stops_generation_and_stores_interrupted(
 def test_idle_streams_get_keep_alive_pings(
     tmp_path: Path, sqlite_url: str, model: ChatModelHandle
 ) -> None:
-    app = create_app(make_settings(tmp_path, sqlite_url, sse_ping_seconds=1), model=model)
+    app = build_app(tmp_path, sqlite_url, model=model, sse_ping_seconds=1)
     with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         headers = register(http)
         with http.stream(

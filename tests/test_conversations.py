@@ -8,14 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.app import create_app
-from tests.helpers import fake_model, live_server, make_settings, register, stream_chat
+from tests.helpers import build_app, live_server, register, stream_chat
 
 
 @pytest.fixture
 def api(tmp_path: Path, database_url: str) -> Iterator[httpx.Client]:
     """A live server on each history backend (SQLite, PostgreSQL)."""
-    app = create_app(make_settings(tmp_path, database_url), model=fake_model())
+    app = build_app(tmp_path, database_url)
     with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         yield http
 

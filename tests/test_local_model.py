@@ -10,10 +10,9 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from backend.app import create_app
 from backend.llm import ChatModelHandle
 from backend.llm.local import LlamaCppChatModel, build_local_model
-from tests.helpers import LiveServer, live_server, make_settings, register, stream_chat
+from tests.helpers import LiveServer, build_app, live_server, make_settings, register, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -27,7 +26,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModelHandl
 
 @pytest.fixture
 def real_server(tmp_path: Path, sqlite_url: str, smollm2: ChatModelHandle) -> Iterator[LiveServer]:
-    with live_server(create_app(make_settings(tmp_path, sqlite_url), model=smollm2)) as live:
+    with live_server(build_app(tmp_path, sqlite_url, model=smollm2)) as live:
         yield live
 
 

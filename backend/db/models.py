@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -80,3 +80,45 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Document(Base):
+    """A document ingested into a namespace; its chunks live in the vector store under ids
+    `{id}#{revision}#{n}` for n < chunk_count."""
+
+    __tablename__ = "documents"
+
+    namespace: Mapped[str] = mapped_column(String(100), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    revision: Mapped[str] = mapped_column(String(16))
+    doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    char_count: Mapped[int] = mapped_column(Integer)
+    # What this document adds to the BM25 corpus statistics, to take back on delete.
+    bm25: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Bm25Stats(Base):
+    """Corpus-wide BM25 statistics (one row); `version` moves on every change so replicas
+    know to reload."""
+
+    __tablename__ = "bm25_stats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_length: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Bm25Term(Base):
+    __tablename__ = "bm25_terms"
+
+    token_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    doc_freq: Mapped[int] = mapped_column(Integer)

@@ -7,11 +7,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from backend.db.models import Conversation, Message, User, utcnow
+from backend.db.models import (
+    Bm25Stats,
+    Bm25Term,
+    Conversation,
+    Document,
+    Message,
+    User,
+    utcnow,
+)
+from backend.retrieval.bm25 import CorpusDelta, CorpusStats
 
 
 async def create_user(*, session: AsyncSession, username: str, password_hash: str) -> User:
@@ -126,3 +137,86 @@ def branch_ending_at(messages: Sequence[Message], leaf_id: str | None) -> list[M
         current = by_id.get(current.parent_id) if current.parent_id else None
     path.reverse()
     return path
+
+
+# --- documents and BM25 statistics --------------------------------------------------------
+
+
+async def get_documents(
+    *, session: AsyncSession, namespace: str, ids: Sequence[str]
+) -> dict[str, Document]:
+    if not ids:
+        return {}
+    result = await session.execute(
+        select(Document).where(Document.namespace == namespace, Document.id.in_(list(ids)))
+    )
+    return {d.id: d for d in result.scalars()}
+
+
+async def list_documents(
+    *, session: AsyncSession, owner_id: str, limit: int, offset: int
+) -> tuple[Sequence[Document], int]:
+    count = await session.scalar(
+        select(func.count()).select_from(Document).where(Document.owner_id == owner_id)
+    )
+    result = await session.execute(
+        select(Document)
+        .where(Document.owner_id == owner_id)
+        .order_by(Document.updated_at.desc(), Document.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return result.scalars().all(), count or 0
+
+
+async def owned_documents(
+    *, session: AsyncSession, owner_id: str, document_id: str
+) -> list[Document]:
+    """The caller's documents with this id (one per namespace it is in)."""
+    result = await session.execute(
+        select(Document).where(Document.owner_id == owner_id, Document.id == document_id)
+    )
+    return list(result.scalars())
+
+
+async def load_corpus_stats(*, session: AsyncSession) -> tuple[CorpusStats, int]:
+    """The BM25 corpus statistics and their version."""
+    row = await session.get(Bm25Stats, 1)
+    if row is None:
+        return CorpusStats(), 0
+    terms = await session.execute(select(Bm25Term.token_id, Bm25Term.doc_freq))
+    doc_freq = {int(tid): int(df) for tid, df in terms}
+    return CorpusStats(row.doc_count, row.total_length, doc_freq), row.version
+
+
+async def corpus_stats_version(*, session: AsyncSession) -> int:
+    return int(await session.scalar(select(Bm25Stats.version).where(Bm25Stats.id == 1)) or 0)
+
+
+async def apply_corpus_delta(*, session: AsyncSession, delta: CorpusDelta, sign: int) -> None:
+    """Add or take back chunks' contribution to the stored BM25 statistics (same
+    transaction as the documents they belong to)."""
+    if not delta.doc_count and not delta.doc_freq:
+        return
+    row = await session.get(Bm25Stats, 1, with_for_update=True)
+    if row is None:
+        row = Bm25Stats(id=1, doc_count=0, total_length=0, version=0)
+        session.add(row)
+    row.doc_count = max(row.doc_count + sign * delta.doc_count, 0)
+    row.total_length = max(row.total_length + sign * delta.total_length, 0)
+    row.version += 1
+    if delta.doc_freq:
+        dialect = session.bind.dialect.name if session.bind else "sqlite"
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        items = list(delta.doc_freq.items())
+        for start in range(0, len(items), 5000):
+            statement = insert(Bm25Term).values(
+                [{"token_id": tid, "doc_freq": sign * n} for tid, n in items[start : start + 5000]]
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=[Bm25Term.token_id],
+                set_={"doc_freq": Bm25Term.doc_freq + statement.excluded.doc_freq},
+            )
+            await session.execute(statement)
+        await session.execute(delete(Bm25Term).where(Bm25Term.doc_freq <= 0))
+    await session.flush()

@@ -15,9 +15,12 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
-from backend.db.models import Conversation, Message, new_id, utcnow
+from backend.db.models import Conversation, Message, User, new_id, utcnow
 from backend.errors import InvalidInput, NotFound
 from backend.llm import ChatModelHandle
+from backend.retrieval.filters import FilterError, validate_filter
+from backend.retrieval.retriever import Passage
+from backend.services.documents import DocumentService, Scope
 from backend.services.prompt import build_prompt, history_messages
 from backend.settings import Settings
 
@@ -35,10 +38,20 @@ class ChatEvent:
 
 
 @dataclass
+class RetrievalOptions:
+    enabled: bool = True
+    namespaces: list[Scope] | None = None
+    filter: dict[str, Any] | None = None
+    top_k: int | None = None
+    alpha: float | None = None
+
+
+@dataclass
 class ChatOptions:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
 
 
 @dataclass
@@ -54,6 +67,8 @@ class ChatTurn:
     model: ChatModelHandle
     max_tokens: int
     temperature: float
+    user: User
+    retrieval: RetrievalOptions
     started: float = field(default_factory=time.perf_counter)
 
     def events(self) -> AsyncIterator[ChatEvent]:
@@ -67,10 +82,12 @@ class ChatService:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         model: ChatModelHandle,
+        documents: DocumentService,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.model = model
+        self.documents = documents
 
     # --- step 0: validate and store what the user typed ----------------------------------
     def _options(self, options: ChatOptions) -> tuple[ChatModelHandle, int, float]:
@@ -95,7 +112,7 @@ class ChatService:
     async def start(
         self,
         *,
-        user_id: str,
+        user: User,
         message: str,
         conversation_id: str | None,
         options: ChatOptions,
@@ -108,6 +125,13 @@ class ChatService:
                 field=("body", "message"),
             )
         model, max_tokens, temperature = self._options(options)
+        if options.retrieval.enabled and options.retrieval.filter is not None:
+            try:
+                validate_filter(options.retrieval.filter)
+            except FilterError as exc:
+                raise InvalidInput(
+                    f"{exc.path}: {exc.message}", field=("body", "retrieval", "filter")
+                ) from exc
         # Refuse a message that cannot fit before anything is stored.
         build_prompt(
             system=self.settings.system_prompt,
@@ -119,12 +143,12 @@ class ChatService:
         async with self.sessions() as session:
             if conversation_id is None:
                 conversation = await repository.create_conversation(
-                    session=session, user_id=user_id, title=_title(message)
+                    session=session, user_id=user.id, title=_title(message)
                 )
                 branch: list[Message] = []
             else:
                 found = await repository.get_conversation(
-                    session=session, user_id=user_id, conversation_id=conversation_id
+                    session=session, user_id=user.id, conversation_id=conversation_id
                 )
                 if found is None:
                     raise NotFound("conversation not found", field=("body", "conversation_id"))
@@ -152,6 +176,8 @@ class ChatService:
             model=model,
             max_tokens=max_tokens,
             temperature=temperature,
+            user=user,
+            retrieval=options.retrieval,
         )
 
     async def complete(self, turn: ChatTurn) -> Message:
@@ -178,9 +204,27 @@ class ChatService:
             },
         )
         retrieval_started = time.perf_counter()
-        # Retrieval plugs in here: it fills answer.sources.
+        passages: list[Passage] = []
+        if turn.retrieval.enabled:
+            try:
+                found = await self.documents.search(
+                    user=turn.user,
+                    query=turn.question,
+                    scopes=turn.retrieval.namespaces,
+                    filter_=turn.retrieval.filter,
+                    top_k=turn.retrieval.top_k,
+                    alpha=turn.retrieval.alpha,
+                )
+                passages = found.passages
+            except Exception:
+                log.exception("retrieval failed")
+                answer.status, answer.finish_reason = "error", "error"
+                answer.error = "Searching the documents failed; please try again."
         answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
-        yield ChatEvent("sources", {"sources": answer.sources})
+        if answer.status == "error":
+            await self._store_answer(turn, answer)
+            yield ChatEvent("error", {"code": "retrieval_error", "message": answer.error})
+            return
 
         prompt = build_prompt(
             system=self.settings.system_prompt,
@@ -188,7 +232,11 @@ class ChatService:
             question=turn.question,
             count_tokens=model.count_tokens,
             budget=model.context_window - turn.max_tokens,
+            passages=[(p.text, _title_of(p)) for p in passages],
+            context_share=self.settings.context_share,
         )
+        answer.sources = [p.as_source() for p in passages[: prompt.sources_used]]
+        yield ChatEvent("sources", {"sources": answer.sources})
         answer.counted_prompt_tokens = prompt.prompt_tokens
         try:
             stream = model.chat.astream(
@@ -293,6 +341,11 @@ class _Answer:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
+
+
+def _title_of(passage: Passage) -> str | None:
+    title = passage.metadata.get("title") or passage.metadata.get("source")
+    return str(title) if title else None
 
 
 def _title(message: str) -> str:

@@ -24,12 +24,24 @@ CHAT_PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
+CONTEXT_INSTRUCTION = (
+    "Answer from the numbered sources below when they hold the answer, and cite the ones "
+    "you use like [1] or [2]. If they do not hold the answer, say so.\n\nSources:\n"
+)
+
+
 @dataclass
 class BuiltPrompt:
     messages: list[BaseMessage]
     prompt_tokens: int  # as counted for the budget
     history_used: int  # turns of history kept
     history_dropped: int  # oldest turns left out to fit
+    sources_used: int = 0  # passages packed, in order: the first is [1]
+
+
+def _source_block(number: int, text: str, title: str | None) -> str:
+    heading = f"[{number}]" + (f" {title}" if title else "")
+    return f"{heading}\n{text.strip()}\n\n"
 
 
 def history_messages(turns: Sequence[tuple[str, str]]) -> list[BaseMessage]:
@@ -44,11 +56,16 @@ def build_prompt(
     question: str,
     count_tokens: Callable[[str], int],
     budget: int,
+    passages: Sequence[tuple[str, str | None]] = (),
+    context_share: float = 0.6,
 ) -> BuiltPrompt:
-    """System + as much recent history as fits + question, in at most `budget` tokens.
+    """System (+ numbered sources) + as much recent history as fits + question, in at most
+    `budget` tokens.
 
-    History is pruned oldest-first; the system instruction and the question always stay,
-    and a question that cannot fit with them is refused with the figures to change.
+    The system instruction and the question always stay, and a question that cannot fit
+    with them is refused with the figures to change. Retrieved `passages` (text, title) are
+    packed next, best first, into at most `context_share` of the budget; history fills what
+    is left, pruned oldest-first.
     """
 
     def cost(text: str) -> int:
@@ -62,8 +79,22 @@ def build_prompt(
             "shorten the message or ask for fewer max_tokens",
             field=("body", "message"),
         )
-    kept: list[BaseMessage] = []
     used = fixed
+    context, packed = "", 0
+    if passages:
+        room = min(int(budget * context_share), budget - fixed) - count_tokens(CONTEXT_INSTRUCTION)
+        for text, title in passages:
+            block = _source_block(packed + 1, text, title)
+            need = count_tokens(block)
+            if need > room:
+                break
+            context += block
+            room -= need
+            packed += 1
+        if packed:
+            context = "\n\n" + CONTEXT_INSTRUCTION + context.rstrip()
+            used += count_tokens(context)
+    kept: list[BaseMessage] = []
     for message in reversed(history):
         need = cost(message.text)
         if used + need > budget:
@@ -71,10 +102,11 @@ def build_prompt(
         kept.append(message)
         used += need
     kept.reverse()
-    messages = CHAT_PROMPT.format_messages(system=system, history=kept, question=question)
+    messages = CHAT_PROMPT.format_messages(system=system + context, history=kept, question=question)
     return BuiltPrompt(
         messages=messages,
         prompt_tokens=used,
         history_used=len(kept),
         history_dropped=len(history) - len(kept),
+        sources_used=packed,
     )

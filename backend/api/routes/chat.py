@@ -7,20 +7,37 @@ from fastapi import APIRouter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.api.deps import ChatServiceDep, CurrentUser, SettingsDep
+from backend.db.models import User
 from backend.errors import UpstreamFailed
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
-from backend.services.chat import ChatEvent, ChatOptions, ChatService, ChatTurn
+from backend.services.chat import (
+    ChatEvent,
+    ChatOptions,
+    ChatService,
+    ChatTurn,
+    RetrievalOptions,
+)
 
 router = APIRouter(tags=["chat"])
 
 
-async def _start(service: ChatService, user_id: str, body: ChatRequest) -> ChatTurn:
+async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTurn:
+    retrieval = body.retrieval
     return await service.start(
-        user_id=user_id,
+        user=user,
         message=body.message,
         conversation_id=body.conversation_id,
         options=ChatOptions(
-            model=body.model, max_tokens=body.max_tokens, temperature=body.temperature
+            model=body.model,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            retrieval=RetrievalOptions(
+                enabled=retrieval.enabled,
+                namespaces=retrieval.namespaces,
+                filter=retrieval.filter,
+                top_k=retrieval.top_k,
+                alpha=retrieval.alpha,
+            ),
         ),
     )
 
@@ -35,7 +52,7 @@ async def chat_stream(
     body: ChatRequest, user: CurrentUser, service: ChatServiceDep, settings: SettingsDep
 ) -> EventSourceResponse:
     """Answer as Server-Sent Events: meta, sources, token..., then done or error."""
-    turn = await _start(service, user.id, body)  # 4xx here, before the stream opens
+    turn = await _start(service, user, body)  # 4xx here, before the stream opens
     return EventSourceResponse(
         _sse(turn.events()),
         ping=settings.sse_ping_seconds,
@@ -46,7 +63,7 @@ async def chat_stream(
 @router.post("/chat", response_model=ChatResponse)
 async def chat(body: ChatRequest, user: CurrentUser, service: ChatServiceDep) -> ChatResponse:
     """Answer in one JSON response (the same pipeline as /chat/stream)."""
-    turn = await _start(service, user.id, body)
+    turn = await _start(service, user, body)
     answer = await service.complete(turn)
     if answer.status == "error":
         raise UpstreamFailed(answer.error or "the model failed")

@@ -1,0 +1,1 @@
+"""Retrieval: dense + BM25 hybrid search with Pinecone-language metadata filters."""

@@ -1,0 +1,404 @@
+"""The embedded vector store: exact search with Pinecone's data model and semantics, in
+memory for speed, persisted write-through to a SQLite file and reloaded on start.
+
+Per namespace it keeps a dense matrix, an inverted index of sparse weights, and per-field
+metadata indexes, so a query is one matrix product, a few array additions, and a filter
+mask built from the indexes (never a scan of every record's metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from backend.retrieval.bm25 import SparseVector
+from backend.retrieval.filters import Filter
+from backend.retrieval.store import Match, Record, rank
+
+
+def _key(value: Any) -> tuple[str, Any]:
+    """Equality key with Pinecone's typing: booleans apart from numbers, 1 == 1.0."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", float(value))
+    return ("s", value)
+
+
+class _Namespace:
+    def __init__(self, dimension: int) -> None:
+        self.dimension = dimension
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.dense = np.zeros((64, dimension), dtype=np.float32)
+        self.alive = np.zeros(64, dtype=bool)
+        self.metadata: list[dict[str, Any] | None] = []
+        self.sparse_rows: dict[int, array] = {}  # token id -> rows
+        self.sparse_weights: dict[int, array] = {}  # token id -> weights
+        self.row_tokens: list[list[int]] = []
+        self.eq_index: dict[str, dict[tuple[str, Any], set[int]]] = {}
+        self.present: dict[str, set[int]] = {}
+        self.numeric: dict[str, np.ndarray] = {}
+        self.live = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def _grow(self) -> None:
+        capacity = len(self.alive) * 2
+        dense = np.zeros((capacity, self.dimension), dtype=np.float32)
+        dense[: self.size] = self.dense[: self.size]
+        self.dense = dense
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self.size] = self.alive[: self.size]
+        self.alive = alive
+        for name, column in self.numeric.items():
+            grown = np.full(capacity, np.nan)
+            grown[: len(column)] = column
+            self.numeric[name] = grown
+
+    def add(self, record: Record) -> None:
+        if record.id in self.rows:
+            self.remove(record.id)
+        if self.size == len(self.alive):
+            self._grow()
+        row = self.size
+        self.ids.append(record.id)
+        self.rows[record.id] = row
+        self.dense[row] = np.asarray(record.values, dtype=np.float32)
+        self.alive[row] = True
+        self.metadata.append(record.metadata)
+        tokens: list[int] = []
+        if record.sparse is not None:
+            for tid, weight in zip(record.sparse.indices, record.sparse.values, strict=True):
+                self.sparse_rows.setdefault(tid, array("q")).append(row)
+                self.sparse_weights.setdefault(tid, array("f")).append(weight)
+                tokens.append(tid)
+        self.row_tokens.append(tokens)
+        for name, value in record.metadata.items():
+            self.present.setdefault(name, set()).add(row)
+            index = self.eq_index.setdefault(name, {})
+            for item in value if isinstance(value, list) else [value]:
+                index.setdefault(_key(item), set()).add(row)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                column = self.numeric.get(name)
+                if column is None:
+                    column = self.numeric[name] = np.full(len(self.alive), np.nan)
+                column[row] = float(value)
+        self.live += 1
+
+    def remove(self, record_id: str) -> None:
+        row = self.rows.pop(record_id, None)
+        if row is None:
+            return
+        self.alive[row] = False
+        metadata = self.metadata[row] or {}
+        for name, value in metadata.items():
+            self.present[name].discard(row)
+            for item in value if isinstance(value, list) else [value]:
+                self.eq_index[name].get(_key(item), set()).discard(row)
+            if name in self.numeric:
+                self.numeric[name][row] = np.nan
+        self.metadata[row] = None
+        # Sparse postings of a dead row stay until compaction; `alive` masks them out.
+        self.live -= 1
+        if self.size > 1024 and self.live < self.size // 2:
+            self._compact()
+
+    def _compact(self) -> None:
+        survivors = [
+            Record(
+                self.ids[row],
+                self.dense[row].tolist(),
+                self._sparse_of(row),
+                self.metadata[row] or {},
+            )
+            for row in range(self.size)
+            if self.alive[row]
+        ]
+        self.__init__(self.dimension)  # type: ignore[misc]
+        for record in survivors:
+            self.add(record)
+
+    def _sparse_of(self, row: int) -> SparseVector | None:
+        tokens = self.row_tokens[row]
+        if not tokens:
+            return None
+        values = []
+        for tid in tokens:
+            rows = np.frombuffer(self.sparse_rows[tid], dtype=np.int64)
+            position = int(np.flatnonzero(rows == row)[0])
+            values.append(float(self.sparse_weights[tid][position]))
+        return SparseVector(indices=list(tokens), values=values)
+
+    # --- filters -----------------------------------------------------------------------------
+    def _rows_mask(self, rows: set[int]) -> np.ndarray:
+        mask = np.zeros(self.size, dtype=bool)
+        if rows:
+            mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
+        return mask
+
+    def _equal_mask(self, name: str, values: list[Any]) -> np.ndarray:
+        index = self.eq_index.get(name, {})
+        rows: set[int] = set()
+        for value in values:
+            rows |= index.get(_key(value), set())
+        return self._rows_mask(rows)
+
+    def mask(self, filter_: Filter | None) -> np.ndarray:
+        alive = self.alive[: self.size]
+        if not filter_:
+            return alive.copy()
+        mask = alive.copy()
+        for key, value in filter_.items():
+            if key == "$and":
+                for sub in value:
+                    mask &= self.mask(sub)
+            elif key == "$or":
+                either = np.zeros(self.size, dtype=bool)
+                for sub in value:
+                    either |= self.mask(sub)
+                mask &= either
+            else:
+                condition = value if isinstance(value, dict) else {"$eq": value}
+                for op, operand in condition.items():
+                    mask &= self._condition(key, op, operand)
+        return mask
+
+    def _condition(self, name: str, op: str, operand: Any) -> np.ndarray:
+        match op:
+            case "$eq":
+                return self._equal_mask(name, [operand])
+            case "$in":
+                return self._equal_mask(name, operand)
+            case "$ne":
+                return ~self._equal_mask(name, [operand])
+            case "$nin":
+                return ~self._equal_mask(name, operand)
+            case "$exists":
+                present = self._rows_mask(self.present.get(name, set()))
+                return present if operand else ~present
+            case _:
+                column = self.numeric.get(name)
+                if column is None:
+                    return np.zeros(self.size, dtype=bool)
+                values = column[: self.size]
+                with np.errstate(invalid="ignore"):
+                    match op:
+                        case "$gt":
+                            return values > operand
+                        case "$gte":
+                            return values >= operand
+                        case "$lt":
+                            return values < operand
+                        case _:
+                            return values <= operand
+
+    # --- search ------------------------------------------------------------------------------
+    def query(
+        self,
+        vector: list[float] | None,
+        sparse: SparseVector | None,
+        top_k: int,
+        filter_: Filter | None,
+    ) -> list[Match]:
+        n = self.size
+        if n == 0 or top_k <= 0:
+            return []
+        mask = self.mask(filter_)
+        candidates = np.flatnonzero(mask)
+        if candidates.size == 0:
+            return []
+        scores = np.zeros(n, dtype=np.float64)
+        if vector is not None:
+            scores += self.dense[:n] @ np.asarray(vector, dtype=np.float32)
+        if sparse is not None:
+            for tid, weight in zip(sparse.indices, sparse.values, strict=True):
+                rows = self.sparse_rows.get(tid)
+                if rows is None:
+                    continue
+                row_index = np.frombuffer(rows, dtype=np.int64)
+                # One posting per (token, row), so fancy-index addition is exact.
+                scores[row_index] += weight * np.frombuffer(
+                    self.sparse_weights[tid], dtype=np.float32
+                )
+        candidate_scores = scores[candidates]
+        if candidates.size > top_k:
+            # A generous partial sort, then the exact (score, id) order on the few left.
+            keep = min(candidates.size, top_k * 2 + 16)
+            part = np.argpartition(-candidate_scores, keep - 1)[:keep]
+            candidates, candidate_scores = candidates[part], candidate_scores[part]
+        matches = [
+            Match(self.ids[row], float(score), dict(self.metadata[row] or {}))
+            for row, score in zip(candidates.tolist(), candidate_scores.tolist(), strict=True)
+        ]
+        return rank(matches, top_k)
+
+
+class EmbeddedVectorStore:
+    """Exact hybrid search in this process; `path` is its SQLite file (None: memory only)."""
+
+    def __init__(self, path: Path | None, *, dimension: int) -> None:
+        self.dimension = dimension
+        self.path = path
+        self._namespaces: dict[str, _Namespace] = {}
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS records (namespace TEXT, id TEXT, dense BLOB, "
+                "sparse TEXT, metadata TEXT, PRIMARY KEY (namespace, id))"
+            )
+            self._load()
+
+    def _load(self) -> None:
+        assert self._db is not None
+        cursor = self._db.execute("SELECT namespace, id, dense, sparse, metadata FROM records")
+        for namespace, record_id, dense, sparse, metadata in cursor:
+            values = np.frombuffer(dense, dtype=np.float32)
+            if values.size != self.dimension:
+                raise RuntimeError(
+                    f"{self.path} holds {values.size}-d vectors but the embedding model makes "
+                    f"{self.dimension}-d ones; use another DATA_DIR or re-ingest"
+                )
+            sparse_vector = SparseVector(**json.loads(sparse)) if sparse else None
+            self._space(namespace).add(
+                Record(record_id, values.tolist(), sparse_vector, json.loads(metadata))
+            )
+
+    def _space(self, namespace: str) -> _Namespace:
+        space = self._namespaces.get(namespace)
+        if space is None:
+            space = self._namespaces[namespace] = _Namespace(self.dimension)
+        return space
+
+    # --- writes ------------------------------------------------------------------------------
+    def _upsert(self, records: Sequence[Record], namespace: str) -> None:
+        for record in records:
+            if len(record.values) != self.dimension:
+                raise ValueError(
+                    f"record {record.id!r} has {len(record.values)} dense values; "
+                    f"the store holds {self.dimension}"
+                )
+        with self._lock:
+            if self._db is not None:
+                rows = [
+                    (
+                        namespace,
+                        r.id,
+                        np.asarray(r.values, dtype=np.float32).tobytes(),
+                        json.dumps(r.sparse.as_dict()) if r.sparse else None,
+                        json.dumps(r.metadata),
+                    )
+                    for r in records
+                ]
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)", rows)
+            space = self._space(namespace)
+            for record in records:
+                space.add(record)
+
+    def _delete(self, ids: Sequence[str], namespace: str) -> None:
+        with self._lock:
+            if self._db is not None:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "DELETE FROM records WHERE namespace = ? AND id = ?",
+                        [(namespace, i) for i in ids],
+                    )
+            space = self._namespaces.get(namespace)
+            if space is not None:
+                for record_id in ids:
+                    space.remove(record_id)
+
+    async def upsert(self, records: Sequence[Record], *, namespace: str) -> None:
+        await anyio.to_thread.run_sync(self._upsert, records, namespace)
+
+    async def delete(self, ids: Sequence[str], *, namespace: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, ids, namespace)
+
+    # --- reads -------------------------------------------------------------------------------
+    def query_sync(
+        self,
+        *,
+        namespace: str,
+        vector: list[float] | None,
+        sparse: SparseVector | None,
+        top_k: int,
+        filter: Filter | None = None,
+    ) -> list[Match]:
+        with self._lock:
+            space = self._namespaces.get(namespace)
+            return space.query(vector, sparse, top_k, filter) if space else []
+
+    async def query(
+        self,
+        *,
+        namespace: str,
+        vector: list[float] | None,
+        sparse: SparseVector | None,
+        top_k: int,
+        filter: Filter | None = None,
+    ) -> list[Match]:
+        return await anyio.to_thread.run_sync(
+            lambda: self.query_sync(
+                namespace=namespace, vector=vector, sparse=sparse, top_k=top_k, filter=filter
+            )
+        )
+
+    def list_ids_sync(self, *, prefix: str, namespace: str) -> list[str]:
+        with self._lock:
+            space = self._namespaces.get(namespace)
+            return sorted(i for i in (space.rows if space else {}) if i.startswith(prefix))
+
+    async def list_ids(self, *, prefix: str, namespace: str) -> list[str]:
+        return self.list_ids_sync(prefix=prefix, namespace=namespace)
+
+    def count_sync(self, *, namespace: str) -> int:
+        space = self._namespaces.get(namespace)
+        return space.live if space else 0
+
+    async def count(self, *, namespace: str) -> int:
+        return self.count_sync(namespace=namespace)
+
+    def namespaces(self) -> list[str]:
+        return sorted(name for name, space in self._namespaces.items() if space.live)
+
+    def fetch_sync(self, ids: Sequence[str], *, namespace: str) -> list[Record]:
+        with self._lock:
+            space = self._namespaces.get(namespace)
+            if space is None:
+                return []
+            found = []
+            for record_id in ids:
+                row = space.rows.get(record_id)
+                if row is not None:
+                    found.append(
+                        Record(
+                            record_id,
+                            space.dense[row].tolist(),
+                            space._sparse_of(row),
+                            dict(space.metadata[row] or {}),
+                        )
+                    )
+            return found
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -1,0 +1,196 @@
+"""Hybrid retrieval: the query embedded and BM25-encoded, searched in the caller's
+namespaces under a metadata filter, and the dense and keyword evidence fused by `alpha`
+(0 = keyword only, 1 = dense only).
+
+Two fusions, chosen by measurement (`python -m backend.cli eval`, see docs/retrieval.md):
+- `minmax`: a dense search and a keyword search, each scaled to [0, 1] by min-max over its
+  candidates, mixed as `alpha·dense + (1 − alpha)·keyword`;
+- `convex`: one query per namespace on the dotproduct index with the dense query scaled by
+  `alpha` and the keyword query by `(1 − alpha)` over its largest possible BM25 score
+  (so both sides live in [0, 1]) — Pinecone's own hybrid recipe, one request.
+Both run the same code over any `VectorStore`, so every backend ranks alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio.to_thread
+from langchain_core.embeddings import Embeddings
+
+from backend.retrieval.bm25 import BM25Encoder, SparseVector
+from backend.retrieval.filters import Filter
+from backend.retrieval.store import Match, VectorStore, rank
+
+Fusion = Literal["minmax", "convex"]
+# Keys the service itself puts in chunk metadata.
+TEXT_KEY = "text"
+DOCUMENT_KEY = "document_id"
+
+
+@dataclass
+class Passage:
+    id: str
+    document_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+    def as_source(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "document_id": self.document_id,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class SearchResult:
+    passages: list[Passage]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    # Pinecone hands every number back as a float; whole ones read better as integers.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _passage(match: Match, score: float) -> Passage:
+    metadata = {key: _plain(value) for key, value in match.metadata.items()}
+    text = str(metadata.pop(TEXT_KEY, ""))
+    document_id = str(metadata.pop(DOCUMENT_KEY, match.id))
+    return Passage(match.id, document_id, text, score, metadata)
+
+
+def _minmax(matches: Sequence[Match]) -> dict[str, float]:
+    if not matches:
+        return {}
+    scores = [m.score for m in matches]
+    low, high = min(scores), max(scores)
+    span = high - low
+    return {m.id: (m.score - low) / span if span > 0 else 1.0 for m in matches}
+
+
+class HybridRetriever:
+    def __init__(
+        self,
+        *,
+        embeddings: Embeddings,
+        encoder: BM25Encoder,
+        store: VectorStore,
+        fusion: Fusion = "minmax",
+        candidates: int = 100,
+    ) -> None:
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.store = store
+        self.fusion = fusion
+        self.candidates = candidates
+
+    async def embed_query(self, query: str) -> list[float]:
+        return await anyio.to_thread.run_sync(self.embeddings.embed_query, query)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        namespaces: Sequence[str],
+        top_k: int,
+        alpha: float,
+        filter: Filter | None = None,
+        fusion: Fusion | None = None,
+    ) -> SearchResult:
+        started = time.perf_counter()
+        dense = await self.embed_query(query) if alpha > 0 else None
+        sparse = self.encoder.encode_query(query) if alpha < 1 else None
+        encoded = time.perf_counter()
+        method = fusion or self.fusion
+        if method == "convex":
+            passages = await self._convex(dense, sparse, namespaces, top_k, alpha, filter)
+        else:
+            passages = await self._minmax(dense, sparse, namespaces, top_k, alpha, filter)
+        done = time.perf_counter()
+        return SearchResult(
+            passages,
+            {
+                "encode_ms": round((encoded - started) * 1000, 2),
+                "search_ms": round((done - encoded) * 1000, 2),
+                "total_ms": round((done - started) * 1000, 2),
+            },
+        )
+
+    async def _each_namespace(
+        self,
+        namespaces: Sequence[str],
+        vector: list[float] | None,
+        sparse: SparseVector | None,
+        top_k: int,
+        filter_: Filter | None,
+    ) -> list[Match]:
+        results = await asyncio.gather(
+            *(
+                self.store.query(
+                    namespace=ns, vector=vector, sparse=sparse, top_k=top_k, filter=filter_
+                )
+                for ns in namespaces
+            )
+        )
+        return rank([m for matches in results for m in matches], top_k)
+
+    async def _minmax(
+        self,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        namespaces: Sequence[str],
+        top_k: int,
+        alpha: float,
+        filter_: Filter | None,
+    ) -> list[Passage]:
+        pool = max(self.candidates, top_k)
+        dense_hits = (
+            await self._each_namespace(namespaces, dense, None, pool, filter_) if dense else []
+        )
+        keyword_hits = (
+            await self._each_namespace(namespaces, None, sparse, pool, filter_)
+            if sparse and sparse.indices
+            else []
+        )
+        dense_scores, keyword_scores = _minmax(dense_hits), _minmax(keyword_hits)
+        by_id = {m.id: m for m in keyword_hits} | {m.id: m for m in dense_hits}
+        fused = [
+            Match(
+                m.id,
+                alpha * dense_scores.get(m.id, 0.0) + (1 - alpha) * keyword_scores.get(m.id, 0.0),
+                m.metadata,
+            )
+            for m in by_id.values()
+        ]
+        return [_passage(m, m.score) for m in rank(fused, top_k)]
+
+    async def _convex(
+        self,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        namespaces: Sequence[str],
+        top_k: int,
+        alpha: float,
+        filter_: Filter | None,
+    ) -> list[Passage]:
+        vector = [alpha * v for v in dense] if dense else None
+        scaled = None
+        if sparse and sparse.indices:
+            # The largest BM25 score a chunk can reach for this query: every term saturated.
+            ceiling = sum(sparse.values) * (self.encoder.k1 + 1) or 1.0
+            scaled = SparseVector(
+                sparse.indices, [(1 - alpha) * v / ceiling for v in sparse.values]
+            )
+        if vector is None and scaled is None:
+            return []
+        matches = await self._each_namespace(namespaces, vector, scaled, top_k, filter_)
+        return [_passage(m, m.score) for m in matches]
