@@ -21,6 +21,7 @@ from backend.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
+    Unavailable,
     UpstreamFailed,
 )
 from backend.llm import ChatModelHandle
@@ -37,6 +38,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     UpstreamFailed: 502,
     Forbidden: 403,
     PayloadTooLarge: 413,
+    Unavailable: 503,
 }
 
 

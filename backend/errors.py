@@ -38,3 +38,7 @@ class Forbidden(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     """The request body or upload is larger than the operator allows."""
+
+
+class Unavailable(ServiceError):
+    """A system we depend on (the vector store) cannot be reached right now; try later."""

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from backend.app import create_app
 from backend.llm.local import build_local_model
 from backend.services.prompt import build_prompt
-from tests.helpers import live_server, make_settings, register
+from tests.helpers import fake_embeddings, live_server, make_settings, register
 
 QUESTION = "Explain in a few sentences why the sky is blue."
 

@@ -161,6 +161,8 @@ class HybridRetriever:
             if sparse and sparse.indices
             else []
         )
+        # A passage sharing no term with the query has no keyword evidence at all.
+        keyword_hits = [m for m in keyword_hits if m.score > 0]
         dense_scores, keyword_scores = _minmax(dense_hits), _minmax(keyword_hits)
         by_id = {m.id: m for m in keyword_hits} | {m.id: m for m in dense_hits}
         fused = [
@@ -193,4 +195,6 @@ class HybridRetriever:
         if vector is None and scaled is None:
             return []
         matches = await self._each_namespace(namespaces, vector, scaled, top_k, filter_)
+        if vector is None:  # keyword only: no shared term, no evidence
+            matches = [m for m in matches if m.score > 0]
         return [_passage(m, m.score) for m in matches]

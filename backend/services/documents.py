@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
 from backend.db.models import Document, User, utcnow
-from backend.errors import Conflict, Forbidden, InvalidInput, NotFound
+from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError, Unavailable
 from backend.retrieval.bm25 import CorpusDelta, TermCounts
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.filters import FilterError, validate_filter
@@ -308,13 +308,18 @@ class DocumentService:
                     row.updated_at = now
                     await repository.apply_corpus_delta(session=session, delta=p.delta, sign=1)
                 await session.commit()
-        except BaseException:
+        except BaseException as exc:
             # Leave the store as it was: the new chunks go, the old ones were never touched.
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.delete(new_ids, namespace=namespace)
                 except Exception:
                     log.exception("could not remove the chunks of a failed ingestion")
+            if isinstance(exc, Exception) and not isinstance(exc, ServiceError):
+                log.exception("ingestion failed; nothing was changed")
+                raise Unavailable(
+                    "the vector store could not take the documents; nothing was changed, try again"
+                ) from exc
             raise
         for p in prepared:
             if p.old is not None:
@@ -390,10 +395,14 @@ class DocumentService:
                     f"{exc.path}: {exc.message}", field=(*field_prefix, "filter")
                 ) from exc
         await self._refresh_stats()
-        return await self.retriever.search(
-            query,
-            namespaces=self.readable_namespaces(user, scopes),
-            top_k=top_k or self.settings.retrieval_top_k,
-            alpha=self.settings.retrieval_alpha if alpha is None else alpha,
-            filter=filter_ or None,
-        )
+        try:
+            return await self.retriever.search(
+                query,
+                namespaces=self.readable_namespaces(user, scopes),
+                top_k=top_k or self.settings.retrieval_top_k,
+                alpha=self.settings.retrieval_alpha if alpha is None else alpha,
+                filter=filter_ or None,
+            )
+        except Exception as exc:
+            log.exception("search failed")
+            raise Unavailable("the vector store could not be searched; try again") from exc
