@@ -65,6 +65,49 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
             return EmbeddedVectorStore(settings.data_dir / "vectors.sqlite3", dimension=dimension)
 
 
+async def open_history(settings: Settings) -> AsyncEngine:
+    """The history store's engine, migrated to the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def build_documents(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    embeddings: Embeddings | None = None,
+    store: VectorStore | None = None,
+) -> DocumentService:
+    """The knowledge base: embeddings, BM25 encoder, vector store, retriever, documents."""
+    if embeddings is None:
+        from backend.retrieval.embeddings import build_embeddings
+
+        embeddings, dimension = build_embeddings(settings)
+    else:
+        dimension = len(embeddings.embed_query("dimension probe"))
+    store = store or build_vector_store(settings, dimension)
+    retriever = HybridRetriever(
+        embeddings=embeddings,
+        encoder=BM25Encoder(),
+        store=store,
+        fusion=settings.retrieval_fusion,
+        candidates=settings.retrieval_candidates,
+    )
+    documents = DocumentService(settings=settings, sessions=sessions, retriever=retriever)
+    try:
+        await documents.load_stats()
+    except BaseException:
+        await store.close()
+        raise
+    return documents
+
+
 async def build_components(
     settings: Settings,
     *,
@@ -74,36 +117,14 @@ async def build_components(
 ) -> Components:
     """Connect and migrate the history store, load the models, open the vector store.
     Tests may hand in any of the model, embeddings or store."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url)
-    opened: list[VectorStore] = []
+    engine = await open_history(settings)
+    sessions = session_factory(engine)
     try:
-        await migrate(engine)
         handle = model or build_chat_model(settings)
-        if embeddings is None:
-            from backend.retrieval.embeddings import build_embeddings
-
-            embeddings, dimension = build_embeddings(settings)
-        else:
-            dimension = len(embeddings.embed_query("dimension probe"))
-        if store is None:
-            store = build_vector_store(settings, dimension)
-            opened.append(store)
+        documents = await build_documents(settings, sessions, embeddings=embeddings, store=store)
     except BaseException:
-        for owned in opened:
-            await owned.close()
         await engine.dispose()
         raise
-    sessions = session_factory(engine)
-    retriever = HybridRetriever(
-        embeddings=embeddings,
-        encoder=BM25Encoder(),
-        store=store,
-        fusion=settings.retrieval_fusion,
-        candidates=settings.retrieval_candidates,
-    )
-    documents = DocumentService(settings=settings, sessions=sessions, retriever=retriever)
-    await documents.load_stats()
     log.info(
         "history store: %s; chat model: %s (%s); vector store: %s",
         engine.url.render_as_string(hide_password=True),
@@ -116,7 +137,7 @@ async def build_components(
         engine=engine,
         sessions=sessions,
         model=handle,
-        store=store,
+        store=documents.store,
         documents=documents,
         chat_service=ChatService(
             settings=settings, sessions=sessions, model=handle, documents=documents

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Default dense/keyword mix (0 keyword only, 1 dense only)."
     )
     retrieval_fusion: Literal["minmax", "convex"] = Field(
-        "minmax", description="How dense and keyword scores are fused (see docs/retrieval.md)."
+        "convex", description="How dense and keyword scores are fused (see docs/retrieval.md)."
     )
     retrieval_candidates: int = Field(
         100, ge=10, le=1000, description="Candidates per side before min-max fusion."

@@ -84,7 +84,7 @@ class HybridRetriever:
         embeddings: Embeddings,
         encoder: BM25Encoder,
         store: VectorStore,
-        fusion: Fusion = "minmax",
+        fusion: Fusion = "convex",
         candidates: int = 100,
     ) -> None:
         self.embeddings = embeddings
