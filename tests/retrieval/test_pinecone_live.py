@@ -34,7 +34,10 @@ async def test_hybrid_filtered_queries_match_the_exact_ranking() -> None:
         await store.upsert(records, namespace=namespace)
         deadline = time.monotonic() + 60  # Pinecone is eventually consistent
         for _ in range(30):
-            if await store.count(namespace=namespace) >= len(records) or time.monotonic() > deadline:
+            if (
+                await store.count(namespace=namespace) >= len(records)
+                or time.monotonic() > deadline
+            ):
                 break
             await asyncio.sleep(2)
         sparse = SparseVector([3, 7, 11], [1.0, 0.5, 2.0])
