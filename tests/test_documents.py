@@ -405,3 +405,37 @@ def test_chat_answers_with_numbered_sources_and_stores_them(
         )
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["msg"] == "filter.year.$in: expected a list of values"
+
+
+def test_concurrent_ingestion_and_search_stay_consistent(
+    api: tuple[httpx.Client, LiveServer],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, live = api
+    headers = register(client)
+
+    def ingest(i: int) -> int:
+        doc = {
+            "id": f"note-{i}",
+            "text": f"Quarterly report number {i} mentions glaciers and budgets.",
+        }
+        return client.post("/documents", json={"documents": [doc]}, headers=headers).status_code
+
+    def query(_: int) -> int:
+        return client.post(
+            "/search", json={"query": "glaciers budgets"}, headers=headers
+        ).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(ingest, range(12))) + list(pool.map(query, range(12)))
+        statuses += list(pool.map(lambda i: ingest(i) if i % 2 else query(i), range(12)))
+    assert set(statuses) <= {200, 201}
+    assert client.get("/documents", headers=headers).json()["count"] == 12
+    # The BM25 statistics count each stored chunk once, in memory and in the database.
+    stats = live.components.documents.encoder.stats
+    assert stats.doc_count == 12
+    hits = client.post(
+        "/search", json={"query": "glaciers budgets", "top_k": 20, "alpha": 0}, headers=headers
+    )
+    assert len(hits.json()["results"]) == 12
