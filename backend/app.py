@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -57,17 +57,20 @@ def create_app(
     settings: Settings | None = None,
     *,
     model: ChatModelHandle | None = None,
+    models: Sequence[ChatModelHandle] | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
 ) -> FastAPI:
     """Build the app for `settings` (default: the environment). Tests may hand in the chat
-    model, the embeddings or the vector store."""
+    model (or several, in fallback order), the embeddings or the vector store."""
+    if model is not None:
+        models = [model]
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         components = await build_components(
-            settings, model=model, embeddings=embeddings, store=store
+            settings, models=models, embeddings=embeddings, store=store
         )
         app.state.components = components
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from langchain_core.embeddings import Embeddings
@@ -10,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db.engine import create_engine, migrate, session_factory
-from backend.llm import ChatModelHandle, build_chat_model
+from backend.llm import ChatModelHandle, ModelRouter, build_models
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
@@ -26,7 +27,7 @@ class Components:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    model: ChatModelHandle
+    models: ModelRouter
     store: VectorStore
     documents: DocumentService
     chat_service: ChatService
@@ -41,7 +42,7 @@ class Components:
             return False
 
     async def close(self) -> None:
-        self.model.close()
+        self.models.close()
         await self.store.close()
         await self.engine.dispose()
 
@@ -111,35 +112,34 @@ async def build_documents(
 async def build_components(
     settings: Settings,
     *,
-    model: ChatModelHandle | None = None,
+    models: Sequence[ChatModelHandle] | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
 ) -> Components:
     """Connect and migrate the history store, load the models, open the vector store.
-    Tests may hand in any of the model, embeddings or store."""
+    Tests may hand in the chat models (in fallback order), the embeddings or the store."""
     engine = await open_history(settings)
     sessions = session_factory(engine)
     try:
-        handle = model or build_chat_model(settings)
+        router = ModelRouter(models, settings=settings) if models else build_models(settings)
         documents = await build_documents(settings, sessions, embeddings=embeddings, store=store)
     except BaseException:
         await engine.dispose()
         raise
     log.info(
-        "history store: %s; chat model: %s (%s); vector store: %s",
+        "history store: %s; chat models: %s; vector store: %s",
         engine.url.render_as_string(hide_password=True),
-        handle.name,
-        handle.provider,
+        ", ".join(f"{h.name} ({h.provider})" for h in router.handles),
         settings.resolved_vector_store,
     )
     return Components(
         settings=settings,
         engine=engine,
         sessions=sessions,
-        model=handle,
+        models=router,
         store=documents.store,
         documents=documents,
         chat_service=ChatService(
-            settings=settings, sessions=sessions, model=handle, documents=documents
+            settings=settings, sessions=sessions, models=router, documents=documents
         ),
     )

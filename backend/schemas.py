@@ -114,6 +114,10 @@ class ChatRequest(BaseModel):
     model: str | None = Field(None, description="A model from `GET /models`; default if absent.")
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(
+        None, max_length=4, description="Up to 4 sequences that end the answer."
+    )
     retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
 
     @field_validator("message")
@@ -121,6 +125,13 @@ class ChatRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("message must not be empty")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_sequences(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(not s or len(s) > 64 for s in value):
+            raise ValueError("stop sequences must be 1-64 characters")
         return value
 
 

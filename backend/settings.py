@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "development-only-secret-key-change-me"
@@ -15,6 +15,26 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are ragstream, a helpful assistant. Answer clearly and concisely. "
     "If you do not know the answer, say so instead of guessing."
 )
+
+
+class ModelSpec(BaseModel):
+    """One model the service may answer with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="Name users see and choose; default: `model`.")
+    provider: Literal["local", "huggingface", "openai-compatible"]
+    model: str | None = Field(None, description="Repo id / model name / GGUF path.")
+    base_url: str | None = Field(None, description="Endpoint URL (TGI, vLLM, Ollama, ...).")
+    context_window: int | None = Field(None, ge=256)
+
+    @property
+    def name(self) -> str:
+        if self.id:
+            return self.id
+        if self.provider == "local":
+            return Path(self.model).stem if self.model else "SmolLM2-135M-Instruct"
+        return self.model or self.base_url or self.provider
 
 
 class Settings(BaseSettings):
@@ -60,6 +80,34 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(None, description="Endpoint URL of a remote model server.")
     llm_api_key: str | None = Field(None, description="Key for an openai-compatible provider.")
     hf_token: str | None = Field(None, description="Hugging Face token (production model).")
+    llm_models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Ordered models as a JSON list of {id, provider, model, base_url, "
+        "context_window}; the first is the default, the rest serve in turn when one is "
+        "unavailable. Empty: one model from LLM_PROVIDER / LLM_MODEL / LLM_BASE_URL.",
+    )
+    llm_route_short_model: str | None = Field(
+        None, description="Model id that answers short questions (see LLM_ROUTE_SHORT_MAX_CHARS)."
+    )
+    llm_route_short_max_chars: int = Field(
+        0, ge=0, description="Questions up to this many characters go to LLM_ROUTE_SHORT_MODEL."
+    )
+    llm_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a model.")
+    llm_first_token_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for a model's first token."
+    )
+    llm_token_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait between two tokens before giving up."
+    )
+    llm_max_retries: int = Field(
+        3, ge=0, description="Retries before the first token (429, 503 loading, connection)."
+    )
+    llm_retry_base_seconds: float = Field(
+        0.5, ge=0, description="First backoff; doubles each retry, with jitter."
+    )
+    llm_retry_max_wait_seconds: float = Field(
+        20.0, ge=0, description="Ceiling on one wait, even when the provider asks for longer."
+    )
     llm_context_window: int = Field(
         4096, ge=256, description="Tokens the model sees at once (prompt + answer)."
     )
@@ -158,6 +206,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_TOKENS_LIMIT must be smaller than LLM_CONTEXT_WINDOW so a prompt still fits."
             )
+        ids = [spec.name for spec in self.model_specs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"LLM_MODELS ids must be unique (got {ids}).")
+        if self.llm_route_short_model and self.llm_route_short_model not in ids:
+            raise ValueError(
+                f"LLM_ROUTE_SHORT_MODEL={self.llm_route_short_model!r} is not one of {ids}."
+            )
+        for spec in self.model_specs:
+            if spec.provider == "openai-compatible" and not spec.base_url:
+                raise ValueError(f"model {spec.name!r}: openai-compatible needs a base_url.")
+            if spec.provider == "openai-compatible" and not spec.model:
+                raise ValueError(f"model {spec.name!r}: openai-compatible needs a model name.")
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE.")
         if self.resolved_vector_store == "pinecone" and not (
@@ -168,6 +228,24 @@ class Settings(BaseSettings):
                 "(or PINECONE_HOST)."
             )
         return self
+
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        """The configured models, in fallback order."""
+        if self.llm_models:
+            return list(self.llm_models)
+        provider = self.resolved_llm_provider
+        model = self.llm_model
+        if provider == "huggingface" and not model and not self.llm_base_url:
+            model = "meta-llama/Meta-Llama-3-8B-Instruct"
+        return [
+            ModelSpec(
+                provider=provider,  # type: ignore[arg-type]
+                model=model,
+                base_url=self.llm_base_url,
+                context_window=None,
+            )
+        ]
 
     @property
     def resolved_llm_provider(self) -> str:

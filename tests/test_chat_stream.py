@@ -87,7 +87,7 @@ def test_follow_up_turns_carry_the_conversation_history(
     assert second.text() == "Second answer."
     assert second.first("meta")["conversation_id"] == conversation_id
 
-    prompt = server.components.model.chat.prompts[-1]
+    prompt = server.components.models.default.chat.prompts[-1]
     assert [(m.type, m.text) for m in prompt] == [
         ("system", server.components.settings.system_prompt),
         ("human", "My name is Ada."),
@@ -120,7 +120,7 @@ def test_history_is_pruned_oldest_first_to_fit_the_budget(
             max_tokens=50,
         )
         conversation_id = result.first("meta")["conversation_id"]
-    prompt = server.components.model.chat.prompts[-1]
+    prompt = server.components.models.default.chat.prompts[-1]
     texts = [m.text for m in prompt]
     # Budget 300 - 50 = 250 tokens at ~4 chars a token: the system prompt, the newest
     # answer (400 chars) and the question fit; older turns were dropped.
@@ -170,7 +170,7 @@ def test_a_client_leaving_mid_stream_stops_generation_and_stores_interrupted(
                 received += sse.json()["text"]
                 if len(received) >= 20:
                     break  # leaving the block closes the connection
-    chat = server.components.model.chat
+    chat = server.components.models.default.chat
     conversation_url = f"/conversations/{meta['conversation_id']}"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

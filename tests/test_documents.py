@@ -387,7 +387,7 @@ def test_chat_answers_with_numbered_sources_and_stores_them(
         sources = result.first("sources")["sources"]
         assert next(s["document_id"] for s in sources) == "lace"
         assert all(s["metadata"]["year"] == 2011 for s in sources) and len(sources) <= 2
-        system = live.components.model.chat.prompts[-1][0].text
+        system = live.components.models.default.chat.prompts[-1][0].text
         assert "[1]\nProgrammed cell death" in system
         assert "cite" in system
         stored = client.get(

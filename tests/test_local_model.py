@@ -53,7 +53,7 @@ def test_the_bundled_model_streams_a_real_answer(real_server: LiveServer) -> Non
 
 
 def test_a_client_leaving_stops_the_local_model(real_server: LiveServer) -> None:
-    chat = real_server.components.model.chat
+    chat = real_server.components.models.default.chat
     assert isinstance(chat, LlamaCppChatModel)
     with httpx.Client(base_url=real_server.url, timeout=60) as client:
         headers = register(client)

@@ -1,26 +1,39 @@
-"""The chat-model component: one provider, chosen by settings (`LLM_PROVIDER`)."""
+"""The chat-model component: the configured models, in fallback order (`LLM_MODELS`, or one
+model from `LLM_PROVIDER` / `LLM_MODEL` / `LLM_BASE_URL`)."""
 
 from __future__ import annotations
 
+import logging
+
 from backend.llm.base import ChatModelHandle, approximate_token_count
-from backend.settings import Settings
+from backend.llm.router import ModelRouter
+from backend.settings import ModelSpec, Settings
 
-__all__ = ["ChatModelHandle", "approximate_token_count", "build_chat_model"]
+__all__ = ["ChatModelHandle", "ModelRouter", "approximate_token_count", "build_models"]
+
+log = logging.getLogger(__name__)
 
 
-class ModelConfigurationError(RuntimeError):
-    """The settings name a model that cannot be used; the message says what to change."""
-
-
-def build_chat_model(settings: Settings) -> ChatModelHandle:
-    provider = settings.resolved_llm_provider
-    match provider:
+def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+    match spec.provider:
         case "local":
             from backend.llm.local import build_local_model
 
-            return build_local_model(settings)
+            return build_local_model(settings, spec)
+        case "huggingface":
+            from backend.llm.remote import build_huggingface
+
+            return build_huggingface(spec, settings)
         case _:
-            raise ModelConfigurationError(
-                f"LLM_PROVIDER={provider!r} is not available in this version; "
-                "set LLM_PROVIDER=local (the bundled SmolLM2) or unset HF_TOKEN."
-            )
+            from backend.llm.remote import build_openai_compatible
+
+            return build_openai_compatible(spec, settings)
+
+
+def build_models(settings: Settings) -> ModelRouter:
+    handles = [build_chat_model(spec, settings) for spec in settings.model_specs]
+    for handle in handles:
+        log.info(
+            "model %s (%s), context %d tokens", handle.name, handle.provider, handle.context_window
+        )
+    return ModelRouter(handles, settings=settings)

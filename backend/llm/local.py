@@ -21,7 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import PrivateAttr
 
 from backend.llm.base import ChatModelHandle
-from backend.settings import Settings
+from backend.settings import ModelSpec, Settings
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +293,16 @@ class LlamaCppChatModel(BaseChatModel):
             cancel.set()  # the worker stops before its next token
 
 
-def build_local_model(settings: Settings) -> ChatModelHandle:
-    path = Path(settings.llm_model) if settings.llm_model else bundled_model_path()
+def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> ChatModelHandle:
+    spec = spec or ModelSpec(provider="local", model=settings.llm_model)
+    path = Path(spec.model) if spec.model else bundled_model_path()
     if not path.is_file():
-        raise RuntimeError(f"LLM_MODEL={settings.llm_model!r} is not a GGUF file.")
+        raise RuntimeError(f"model {spec.name!r}: {spec.model!r} is not a GGUF file.")
+    context_window = spec.context_window or settings.llm_context_window
     chat = LlamaCppChatModel(
         model_path=str(path),
-        model_name=BUNDLED_MODEL_NAME if not settings.llm_model else path.stem,
-        n_ctx=settings.llm_context_window,
+        model_name=spec.name,
+        n_ctx=context_window,
         n_threads=settings.llm_threads or os.cpu_count() or 1,
         extra_buffers=settings.llm_cpu_extra_buffers,
         max_tokens=settings.max_tokens_default,
@@ -312,6 +314,6 @@ def build_local_model(settings: Settings) -> ChatModelHandle:
         name=chat.model_name,
         provider="local",
         chat=chat,
-        context_window=settings.llm_context_window,
+        context_window=context_window,
         count_tokens=chat.count_tokens,
     )

@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.db import repository
 from backend.db.models import Conversation, Message, User, new_id, utcnow
 from backend.errors import InvalidInput, NotFound
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModelHandle, ModelRouter
+from backend.llm.errors import ModelFailure
+from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
 from backend.retrieval.filters import FilterError, validate_filter
 from backend.retrieval.retriever import Passage
 from backend.services.documents import DocumentService, Scope
-from backend.services.prompt import build_prompt, history_messages
+from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class ChatOptions:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
 
 
@@ -64,9 +68,8 @@ class ChatTurn:
     assistant_message_id: str
     question: str
     history: list[tuple[str, str]]
-    model: ChatModelHandle
-    max_tokens: int
-    temperature: float
+    models: list[ChatModelHandle]  # the one chosen first, then the fallbacks
+    params: dict[str, Any]  # max_tokens, temperature, top_p, stop
     user: User
     retrieval: RetrievalOptions
     started: float = field(default_factory=time.perf_counter)
@@ -81,33 +84,36 @@ class ChatService:
         *,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
-        model: ChatModelHandle,
+        models: ModelRouter,
         documents: DocumentService,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.model = model
+        self.models = models
         self.documents = documents
+        self.policy = StreamPolicy.from_settings(settings)
 
     # --- step 0: validate and store what the user typed ----------------------------------
-    def _options(self, options: ChatOptions) -> tuple[ChatModelHandle, int, float]:
-        if options.model is not None and options.model != self.model.name:
-            raise InvalidInput(
-                f"unknown model {options.model!r}; choose one of: {self.model.name}",
-                field=("body", "model"),
-            )
+    def _params(self, options: ChatOptions) -> dict[str, Any]:
         max_tokens = options.max_tokens or self.settings.max_tokens_default
         if max_tokens > self.settings.max_tokens_limit:
             raise InvalidInput(
                 f"max_tokens must be at most {self.settings.max_tokens_limit}",
                 field=("body", "max_tokens"),
             )
-        temperature = (
-            options.temperature
-            if options.temperature is not None
-            else self.settings.temperature_default
-        )
-        return self.model, max_tokens, temperature
+        params: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "temperature": (
+                options.temperature
+                if options.temperature is not None
+                else self.settings.temperature_default
+            ),
+        }
+        if options.top_p is not None:
+            params["top_p"] = options.top_p
+        if options.stop:
+            params["stop"] = list(options.stop)
+        return params
 
     async def start(
         self,
@@ -124,7 +130,8 @@ class ChatService:
                 f"{self.settings.max_message_chars}",
                 field=("body", "message"),
             )
-        model, max_tokens, temperature = self._options(options)
+        params = self._params(options)
+        models = self.models.choose(options.model, message)
         if options.retrieval.enabled and options.retrieval.filter is not None:
             try:
                 validate_filter(options.retrieval.filter)
@@ -137,8 +144,8 @@ class ChatService:
             system=self.settings.system_prompt,
             history=[],
             question=message,
-            count_tokens=model.count_tokens,
-            budget=model.context_window - max_tokens,
+            count_tokens=models[0].count_tokens,
+            budget=models[0].context_window - params["max_tokens"],
         )
         async with self.sessions() as session:
             if conversation_id is None:
@@ -173,9 +180,8 @@ class ChatService:
             assistant_message_id=new_id(),
             question=message,
             history=[(m.role, m.content) for m in branch if m.content],
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
+            models=models,
+            params=params,
             user=user,
             retrieval=options.retrieval,
         )
@@ -191,10 +197,8 @@ class ChatService:
         return stored
 
     # --- steps 1-5: answer -------------------------------------------------------------
-    async def _answer(self, turn: ChatTurn) -> AsyncIterator[ChatEvent]:
-        model = turn.model
-        answer = _Answer(created_at=utcnow())
-        yield ChatEvent(
+    def _meta(self, turn: ChatTurn, model: ChatModelHandle) -> ChatEvent:
+        return ChatEvent(
             "meta",
             {
                 "conversation_id": turn.conversation_id,
@@ -203,46 +207,82 @@ class ChatService:
                 "model": model.name,
             },
         )
-        retrieval_started = time.perf_counter()
-        passages: list[Passage] = []
-        if turn.retrieval.enabled:
-            try:
-                found = await self.documents.search(
-                    user=turn.user,
-                    query=turn.question,
-                    scopes=turn.retrieval.namespaces,
-                    filter_=turn.retrieval.filter,
-                    top_k=turn.retrieval.top_k,
-                    alpha=turn.retrieval.alpha,
-                )
-                passages = found.passages
-            except Exception:
-                log.exception("retrieval failed")
-                answer.status, answer.finish_reason = "error", "error"
-                answer.error = "Searching the documents failed; please try again."
-        answer.retrieval_ms = (time.perf_counter() - retrieval_started) * 1000
-        if answer.status == "error":
-            await self._store_answer(turn, answer)
-            yield ChatEvent("error", {"code": "retrieval_error", "message": answer.error})
-            return
 
-        prompt = build_prompt(
+    async def _retrieve(self, turn: ChatTurn, answer: _Answer) -> list[Passage]:
+        if not turn.retrieval.enabled:
+            return []
+        started = time.perf_counter()
+        try:
+            found = await self.documents.search(
+                user=turn.user,
+                query=turn.question,
+                scopes=turn.retrieval.namespaces,
+                filter_=turn.retrieval.filter,
+                top_k=turn.retrieval.top_k,
+                alpha=turn.retrieval.alpha,
+            )
+        except Exception:
+            log.exception("retrieval failed")
+            answer.fail("retrieval_error", "Searching the documents failed; please try again.")
+            return []
+        finally:
+            answer.retrieval_ms = (time.perf_counter() - started) * 1000
+        return found.passages
+
+    def _prompt(
+        self, turn: ChatTurn, model: ChatModelHandle, passages: list[Passage]
+    ) -> BuiltPrompt:
+        return build_prompt(
             system=self.settings.system_prompt,
             history=history_messages(turn.history),
             question=turn.question,
             count_tokens=model.count_tokens,
-            budget=model.context_window - turn.max_tokens,
+            budget=model.context_window - turn.params["max_tokens"],
             passages=[(p.text, _title_of(p)) for p in passages],
             context_share=self.settings.context_share,
         )
-        answer.sources = [p.as_source() for p in passages[: prompt.sources_used]]
-        yield ChatEvent("sources", {"sources": answer.sources})
-        answer.counted_prompt_tokens = prompt.prompt_tokens
+
+    async def _open(
+        self, turn: ChatTurn, passages: list[Passage], answer: _Answer
+    ) -> tuple[ModelStream, BuiltPrompt] | None:
+        """The first model that starts answering, trying the fallbacks in order."""
+        failure: ModelFailure | None = None
+        for model in turn.models:
+            prompt = self._prompt(turn, model, passages)
+            try:
+                return await open_stream(model, prompt.messages, turn.params, self.policy), prompt
+            except ModelFailure as exc:
+                failure = exc
+                log.warning("model %s unavailable: %s", model.name, exc)
+                answer.model = model
+                if not exc.fallback:
+                    break
+        assert failure is not None
+        answer.fail(failure.code, failure.user_message())
+        return None
+
+    async def _answer(self, turn: ChatTurn) -> AsyncIterator[ChatEvent]:
+        answer = _Answer(created_at=utcnow(), model=turn.models[0])
         try:
-            stream = model.chat.astream(
-                prompt.messages, max_tokens=turn.max_tokens, temperature=turn.temperature
-            )
-            async for chunk in stream:
+            passages = await self._retrieve(turn, answer)
+            opened = None if answer.status == "error" else await self._open(turn, passages, answer)
+        except (asyncio.CancelledError, GeneratorExit):
+            await self._keep_interrupted(turn, answer)
+            raise
+        if opened is None:
+            yield self._meta(turn, answer.model)
+            await self._store_answer(turn, answer)
+            yield ChatEvent("error", {"code": answer.error_code, "message": answer.error})
+            return
+
+        stream, prompt = opened
+        answer.model = stream.handle
+        answer.counted_prompt_tokens = prompt.prompt_tokens
+        answer.sources = [p.as_source() for p in passages[: prompt.sources_used]]
+        yield self._meta(turn, stream.handle)
+        yield ChatEvent("sources", {"sources": answer.sources})
+        try:
+            async for chunk in stream.chunks():
                 if chunk.usage_metadata:
                     answer.usage = {
                         "prompt_tokens": chunk.usage_metadata["input_tokens"],
@@ -257,24 +297,24 @@ class ChatService:
                     answer.parts.append(text)
                     yield ChatEvent("token", {"text": text})
         except (asyncio.CancelledError, GeneratorExit):
-            # The client went away: keep what was said so far, then let cancellation finish.
-            answer.status, answer.finish_reason = "interrupted", "cancelled"
-            with anyio.CancelScope(shield=True):
-                await self._store_answer(turn, answer)
+            await self._keep_interrupted(turn, answer)
             raise
+        except ModelFailure as exc:
+            log.warning("model %s failed mid-answer: %s", stream.handle.name, exc)
+            answer.fail(exc.code, exc.user_message())
         except Exception:
-            log.exception("model %s failed mid-answer", model.name)
-            answer.status, answer.finish_reason = "error", "error"
-            answer.error = "The model failed while answering; please try again."
+            log.exception("model %s failed mid-answer", stream.handle.name)
+            answer.fail("model_error", "The model failed while answering; please try again.")
 
         stored = await self._store_answer(turn, answer)
         if answer.status == "error":
-            yield ChatEvent("error", {"code": "model_error", "message": answer.error})
+            yield ChatEvent("error", {"code": answer.error_code, "message": answer.error})
             return
         yield ChatEvent(
             "done",
             {
                 "finish_reason": stored.finish_reason,
+                "model": stream.handle.name,
                 "usage": {
                     "prompt_tokens": stored.prompt_tokens,
                     "completion_tokens": stored.completion_tokens,
@@ -283,11 +323,17 @@ class ChatService:
             },
         )
 
+    async def _keep_interrupted(self, turn: ChatTurn, answer: _Answer) -> None:
+        """The client went away: keep what was said so far (shielded from the cancel)."""
+        answer.status, answer.finish_reason = "interrupted", "cancelled"
+        with anyio.CancelScope(shield=True):
+            await self._store_answer(turn, answer)
+
     async def _store_answer(self, turn: ChatTurn, answer: _Answer) -> Message:
         content = "".join(answer.parts)
         usage = answer.usage or {
             "prompt_tokens": answer.counted_prompt_tokens,
-            "completion_tokens": turn.model.count_tokens(content) if content else 0,
+            "completion_tokens": answer.model.count_tokens(content) if content else 0,
         }
         now = time.perf_counter()
         timings = {
@@ -297,7 +343,7 @@ class ChatService:
         }
         fields: dict[str, Any] = {
             "status": answer.status,
-            "model": turn.model.name,
+            "model": answer.model.name,
             "finish_reason": answer.finish_reason or "stop",
             "error": answer.error,
             "timings": timings,
@@ -328,6 +374,7 @@ class _Answer:
     """What has been produced of one answer so far."""
 
     created_at: datetime
+    model: ChatModelHandle
     parts: list[str] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, int] | None = None
@@ -337,6 +384,11 @@ class _Answer:
     retrieval_ms: float = 0.0
     status: str = "complete"
     error: str | None = None
+    error_code: str | None = None
+
+    def fail(self, code: str, message: str) -> None:
+        self.status, self.finish_reason = "error", "error"
+        self.error_code, self.error = code, message
 
 
 def _ms(seconds: float) -> float:

@@ -31,6 +31,8 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
             model=body.model,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
             retrieval=RetrievalOptions(
                 enabled=retrieval.enabled,
                 namespaces=retrieval.namespaces,

@@ -17,32 +17,36 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(components: ComponentsDep) -> JSONResponse:
-    """Readiness: the database answers and the model is loaded (503 otherwise)."""
+    """Readiness: the database answers and the models are loaded (503 otherwise)."""
     database = await components.database_ok()
-    model = components.model.is_ready()
+    models = components.models
+    loaded = models.is_ready()
     body = {
-        "status": "ready" if database and model else "not ready",
+        "status": "ready" if database and loaded else "not ready",
         "database": "ok" if database else "unreachable",
+        "vector_store": components.settings.resolved_vector_store,
         "model": {
-            "name": components.model.name,
-            "provider": components.model.provider,
-            "loaded": model,
+            "name": models.default.name,
+            "provider": models.default.provider,
+            "loaded": loaded,
         },
+        "models": [{"name": h.name, "provider": h.provider} for h in models.handles],
     }
-    return JSONResponse(body, status_code=200 if database and model else 503)
+    return JSONResponse(body, status_code=200 if database and loaded else 503)
 
 
 @router.get("/models", response_model=ModelsPublic)
 async def models(components: ComponentsDep, _user: CurrentUser) -> ModelsPublic:
-    """Models a user may choose for /chat."""
-    model = components.model
+    """Models a user may choose for /chat, the default first."""
+    router_ = components.models
     return ModelsPublic(
         data=[
             ModelInfo(
-                id=model.name,
-                provider=model.provider,
-                context_window=model.context_window,
-                default=True,
+                id=h.name,
+                provider=h.provider,
+                context_window=h.context_window,
+                default=h is router_.default,
             )
+            for h in router_.handles
         ]
     )

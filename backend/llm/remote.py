@@ -1,0 +1,95 @@
+"""Remote chat models: Hugging Face (serverless router by repo id, or a dedicated endpoint /
+TGI server by URL) and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI)."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from backend.llm.base import ChatModelHandle
+from backend.settings import ModelSpec, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REMOTE_CONTEXT = 8192  # Llama-3-8B-Instruct
+
+
+def _timeout(settings: Settings) -> httpx.Timeout:
+    # Reads are bounded by the stream's own first-token / between-token timeouts.
+    read = max(settings.llm_first_token_timeout, settings.llm_token_timeout) + 5
+    return httpx.Timeout(read, connect=settings.llm_connect_timeout)
+
+
+def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+    try:
+        from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "langchain-huggingface is missing: `pip install -r requirements.txt`."
+        ) from exc
+    if not settings.hf_token:
+        raise RuntimeError(f"model {spec.name!r}: the huggingface provider needs HF_TOKEN.")
+    model = spec.model
+    if spec.base_url:
+        llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
+            endpoint_url=spec.base_url,
+            huggingfacehub_api_token=settings.hf_token,
+            task="text-generation",
+            max_new_tokens=settings.max_tokens_default,
+            temperature=settings.temperature_default,
+            timeout=int(_timeout(settings).read or 120),
+            streaming=True,
+        )
+    else:
+        if not settings.hf_token.startswith("hf_"):
+            raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
+        llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
+            repo_id=model,
+            huggingfacehub_api_token=settings.hf_token,
+            task="text-generation",
+            max_new_tokens=settings.max_tokens_default,
+            temperature=settings.temperature_default,
+            timeout=int(_timeout(settings).read or 120),
+            streaming=True,
+        )
+    chat = ChatHuggingFace(llm=llm, stream_usage=True)
+    if model:
+        # With an endpoint URL the client would send model "dummy" (or the URL): name the
+        # real model so a router behind the URL serves the right one.
+        chat.model_id = model
+    return ChatModelHandle(
+        name=spec.name,
+        provider="huggingface",
+        chat=chat,
+        context_window=spec.context_window or DEFAULT_REMOTE_CONTEXT,
+    )
+
+
+def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "langchain-openai is missing: `pip install -r requirements.txt`."
+        ) from exc
+    base_url = (spec.base_url or "").rstrip("/")
+    if not base_url.endswith("/v1"):
+        base_url += "/v1"
+    chat = ChatOpenAI(
+        model=spec.model or "",
+        base_url=base_url,
+        api_key=settings.llm_api_key or "not-needed",  # local servers accept any key
+        timeout=_timeout(settings),
+        max_retries=0,  # retries are ours: before the first token only
+        streaming=True,
+        stream_usage=True,
+        max_tokens=settings.max_tokens_default,
+        temperature=settings.temperature_default,
+    )
+    return ChatModelHandle(
+        name=spec.name,
+        provider="openai-compatible",
+        chat=chat,
+        context_window=spec.context_window or DEFAULT_REMOTE_CONTEXT,
+    )

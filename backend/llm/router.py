@@ -1,0 +1,52 @@
+"""Which model answers: the one the request names, else the one a routing rule picks, else
+the first configured; the others follow in order as fallbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from backend.errors import InvalidInput
+from backend.llm.base import ChatModelHandle
+from backend.settings import Settings
+
+
+class ModelRouter:
+    def __init__(self, handles: Sequence[ChatModelHandle], *, settings: Settings) -> None:
+        if not handles:
+            raise ValueError("at least one model is needed")
+        self.handles = list(handles)
+        self.by_id = {h.name: h for h in self.handles}
+        self.short_model = settings.llm_route_short_model
+        self.short_max_chars = settings.llm_route_short_max_chars
+
+    @property
+    def default(self) -> ChatModelHandle:
+        return self.handles[0]
+
+    def ids(self) -> list[str]:
+        return [h.name for h in self.handles]
+
+    def check(self, requested: str | None) -> None:
+        if requested is not None and requested not in self.by_id:
+            raise InvalidInput(
+                f"unknown model {requested!r}; choose one of: {', '.join(self.ids())}",
+                field=("body", "model"),
+            )
+
+    def choose(self, requested: str | None, question: str) -> list[ChatModelHandle]:
+        """The model that should answer first, then the rest in fallback order."""
+        self.check(requested)
+        if requested is not None:
+            first = self.by_id[requested]
+        elif self.short_model and len(question) <= self.short_max_chars:
+            first = self.by_id[self.short_model]
+        else:
+            first = self.default
+        return [first, *(h for h in self.handles if h is not first)]
+
+    def is_ready(self) -> bool:
+        return all(h.is_ready() for h in self.handles)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()

@@ -1,0 +1,141 @@
+"""Streaming from a model with time limits and retries.
+
+Before the first token, a retryable failure (429, 503 loading, overload, no connection,
+no first token in time) is retried with exponential backoff and jitter, honouring the
+provider's Retry-After / estimated_time up to a ceiling. After the first token nothing is
+retried: a failure ends the answer (what was said is kept by the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessageChunk, BaseMessage
+
+from backend.llm.base import ChatModelHandle
+from backend.llm.errors import ModelFailure, classify
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamPolicy:
+    first_token_timeout: float = 60.0
+    token_timeout: float = 30.0
+    max_retries: int = 3
+    retry_base: float = 0.5
+    retry_max_wait: float = 20.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamPolicy:
+        return cls(
+            first_token_timeout=settings.llm_first_token_timeout,
+            token_timeout=settings.llm_token_timeout,
+            max_retries=settings.llm_max_retries,
+            retry_base=settings.llm_retry_base_seconds,
+            retry_max_wait=settings.llm_retry_max_wait_seconds,
+        )
+
+    def delay(self, attempt: int, failure: ModelFailure) -> float:
+        backoff = self.retry_base * (2**attempt) * random.uniform(0.8, 1.2)
+        wanted = failure.retry_after if failure.retry_after is not None else backoff
+        return min(max(wanted, 0.0), self.retry_max_wait)
+
+
+class ModelStream:
+    """An opened answer: `head` holds the chunks up to the first text; iterate for the rest."""
+
+    def __init__(
+        self, handle: ChatModelHandle, head: list[AIMessageChunk], rest: Any, policy: StreamPolicy
+    ):
+        self.handle = handle
+        self.head = head
+        self._rest = rest
+        self._policy = policy
+
+    async def chunks(self) -> AsyncIterator[AIMessageChunk]:
+        for chunk in self.head:
+            yield chunk
+        if self._rest is None:
+            return
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._policy.token_timeout):
+                        chunk = await self._rest.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise ModelFailure(
+                        "stalled", detail=f"no token for {self._policy.token_timeout} s"
+                    ) from exc
+                except (ModelFailure, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    raise classify(exc, started=True) from exc
+                yield chunk
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            try:
+                await rest.aclose()
+            except Exception:
+                log.debug("closing a model stream raised", exc_info=True)
+
+
+async def _head(stream: Any) -> tuple[list[AIMessageChunk], bool]:
+    """Chunks up to and including the first with text; True if the stream ended."""
+    head: list[AIMessageChunk] = []
+    async for chunk in stream:
+        head.append(chunk)
+        if chunk.text:
+            return head, False
+    return head, True
+
+
+async def open_stream(
+    handle: ChatModelHandle,
+    messages: list[BaseMessage],
+    params: dict[str, Any],
+    policy: StreamPolicy,
+) -> ModelStream:
+    """Start an answer; returns once the first token is in. Raises ModelFailure."""
+    attempt = 0
+    while True:
+        stream = handle.chat.astream(messages, **params)
+        try:
+            async with asyncio.timeout(policy.first_token_timeout):
+                head, ended = await _head(stream)
+            return ModelStream(handle, head, None if ended else stream, policy)
+        except TimeoutError:
+            failure = ModelFailure(
+                "timeout", detail=f"no first token in {policy.first_token_timeout} s"
+            )
+        except asyncio.CancelledError:
+            await _close_quietly(stream)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified
+            failure = classify(exc, started=False)
+        await _close_quietly(stream)
+        if not failure.retryable or attempt >= policy.max_retries:
+            raise failure
+        wait = policy.delay(attempt, failure)
+        log.warning("model %s: %s; retry %d in %.1f s", handle.name, failure, attempt + 1, wait)
+        await asyncio.sleep(wait)
+        attempt += 1
+
+
+async def _close_quietly(stream: Any) -> None:
+    try:
+        await stream.aclose()
+    except Exception:
+        log.debug("closing a failed model stream raised", exc_info=True)
