@@ -120,10 +120,13 @@ def build_app(
     store: VectorStore | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """An app on its own data folder and database; fake model and embeddings by default."""
+    """An app on its own data folder and database; fake embeddings, and a fake model unless
+    the settings name real ones (LLM_MODELS / LLM_PROVIDER)."""
+    if model is None and not {"llm_models", "llm_provider"} & settings.keys():
+        model = fake_model()
     return create_app(
         make_settings(tmp_path, database_url, **settings),
-        model=model or fake_model(),
+        model=model,
         embeddings=embeddings or fake_embeddings(),
         store=store,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 import httpx
+from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
+from langchain_openai import ChatOpenAI
 
 from backend.llm.base import ChatModelHandle
 from backend.settings import ModelSpec, Settings
@@ -22,16 +24,15 @@ def _timeout(settings: Settings) -> httpx.Timeout:
 
 
 def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
-    try:
-        from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "langchain-huggingface is missing: `pip install -r requirements.txt`."
-        ) from exc
-    if not settings.hf_token:
-        raise RuntimeError(f"model {spec.name!r}: the huggingface provider needs HF_TOKEN.")
     model = spec.model
+    if not spec.base_url and not settings.hf_token:
+        raise RuntimeError(f"model {spec.name!r}: the Hugging Face router needs HF_TOKEN.")
     if spec.base_url:
+        # langchain-huggingface sends HF_TOKEN only to Hugging Face hosts (dedicated
+        # endpoints); a self-hosted TGI that wants a key gets LLM_API_KEY instead.
+        headers = (
+            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+        )
         llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
             endpoint_url=spec.base_url,
             huggingfacehub_api_token=settings.hf_token,
@@ -40,9 +41,10 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
             temperature=settings.temperature_default,
             timeout=int(_timeout(settings).read or 120),
             streaming=True,
+            server_kwargs={"headers": headers} if headers else {},
         )
     else:
-        if not settings.hf_token.startswith("hf_"):
+        if not (settings.hf_token or "").startswith("hf_"):
             raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
         llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
             repo_id=model,
@@ -66,17 +68,23 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     )
 
 
+class CompatibleChatOpenAI(ChatOpenAI):
+    """langchain-openai renames max_tokens to OpenAI's newer max_completion_tokens;
+    vLLM, Ollama, llama.cpp and TGI all know max_tokens, so it is sent as that."""
+
+    def _get_request_payload(self, input_, *, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if "max_completion_tokens" in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
+
+
 def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
-    try:
-        from langchain_openai import ChatOpenAI
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "langchain-openai is missing: `pip install -r requirements.txt`."
-        ) from exc
     base_url = (spec.base_url or "").rstrip("/")
     if not base_url.endswith("/v1"):
         base_url += "/v1"
-    chat = ChatOpenAI(
+
+    chat = CompatibleChatOpenAI(
         model=spec.model or "",
         base_url=base_url,
         api_key=settings.llm_api_key or "not-needed",  # local servers accept any key
