@@ -43,17 +43,20 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_current_user(
-    session: SessionDep,
-    settings: SettingsDep,
+    components: ComponentsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
+    """The caller. Uses a session of its own, closed at once: a dependency's session would
+    stay open (holding a pooled connection) for as long as a streamed answer lasts."""
+    settings = components.settings
     if not token:
         raise NotAuthenticated("not authenticated: send `Authorization: Bearer <token>`")
     try:
         user_id = decode_access_token(token, secret_key=settings.secret_key)
     except InvalidToken as exc:
         raise NotAuthenticated(f"{exc}; log in again") from exc
-    user = await repository.get_user(session=session, user_id=user_id)
+    async with components.sessions() as session:
+        user = await repository.get_user(session=session, user_id=user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("unknown or inactive user; log in again")
     return user

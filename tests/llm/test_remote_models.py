@@ -335,8 +335,10 @@ def test_routing_by_request_and_by_rule(service, tgi, openai_server) -> None:  #
         llm_route_short_max_chars=20,
     )
     assert svc.chat("Hi!").first("meta")["model"] == "small"  # short: the rule
+    assert (len(big.seen), len(small.seen)) == (0, 1)
     assert svc.chat("A much longer question about many things?").first("meta")["model"] == "llama3"
     assert svc.chat("Hi!", model="llama3").first("meta")["model"] == "llama3"  # the request wins
+    assert (len(big.seen), len(small.seen)) == (2, 1)
 
     models = svc.client.get("/models", headers=svc.headers).json()["data"]
     assert [(m["id"], m["provider"], m["default"]) for m in models] == [
