@@ -50,7 +50,12 @@ async def direct(handle, settings, max_tokens: int) -> tuple[float, int, float]:
 async def through_api(
     url: str, headers: dict[str, str], max_tokens: int
 ) -> tuple[float, int, float]:
-    body = {"message": QUESTION, "max_tokens": max_tokens, "temperature": 0}
+    body = {
+        "message": QUESTION,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "retrieval": {"enabled": False},
+    }
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         started = time.perf_counter()
         first, tokens = None, 0
