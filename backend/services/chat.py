@@ -63,7 +63,7 @@ class ChatTurn:
     """A user message that is stored and awaits its answer; `events()` produces it."""
 
     service: ChatService
-    conversation_id: str
+    conversation_id: str | None  # None: a turn that stores nothing
     user_message_id: str
     assistant_message_id: str
     question: str
@@ -72,7 +72,10 @@ class ChatTurn:
     params: dict[str, Any]  # max_tokens, temperature, top_p, stop
     user: User
     retrieval: RetrievalOptions
+    system_prompt: str
+    persist: bool = True
     started: float = field(default_factory=time.perf_counter)
+    result: Message | None = None  # the answer, once it has ended
 
     def events(self) -> AsyncIterator[ChatEvent]:
         return self.service._answer(self)
@@ -122,8 +125,15 @@ class ChatService:
         message: str,
         conversation_id: str | None,
         options: ChatOptions,
+        history: list[tuple[str, str]] | None = None,
+        system_prompt: str | None = None,
+        persist: bool = True,
     ) -> ChatTurn:
-        """Check the request, then commit the user's message (before any generation)."""
+        """Check the request, then commit the user's message (before any generation).
+
+        `history` (role, content) replaces the stored one (clients of the OpenAI-compatible
+        API send the whole exchange each time); `persist=False` stores nothing at all.
+        """
         if len(message) > self.settings.max_message_chars:
             raise InvalidInput(
                 f"message is {len(message)} characters long; the limit is "
@@ -139,14 +149,30 @@ class ChatService:
                 raise InvalidInput(
                     f"{exc.path}: {exc.message}", field=("body", "retrieval", "filter")
                 ) from exc
+        system = system_prompt or self.settings.system_prompt
         # Refuse a message that cannot fit before anything is stored.
         build_prompt(
-            system=self.settings.system_prompt,
+            system=system,
             history=[],
             question=message,
             count_tokens=models[0].count_tokens,
             budget=models[0].context_window - params["max_tokens"],
         )
+        if not persist:
+            return ChatTurn(
+                service=self,
+                conversation_id=None,
+                user_message_id=new_id(),
+                assistant_message_id=new_id(),
+                question=message,
+                history=list(history or []),
+                models=models,
+                params=params,
+                user=user,
+                retrieval=options.retrieval,
+                system_prompt=system,
+                persist=False,
+            )
         async with self.sessions() as session:
             if conversation_id is None:
                 conversation = await repository.create_conversation(
@@ -179,22 +205,24 @@ class ChatService:
             user_message_id=user_message.id,
             assistant_message_id=new_id(),
             question=message,
-            history=[(m.role, m.content) for m in branch if m.content],
+            history=(
+                list(history)
+                if history is not None
+                else [(m.role, m.content) for m in branch if m.content]
+            ),
             models=models,
             params=params,
             user=user,
             retrieval=options.retrieval,
+            system_prompt=system,
         )
 
     async def complete(self, turn: ChatTurn) -> Message:
-        """Run the answer to its end and return it as stored."""
+        """Run the answer to its end and return it (as stored, when the turn persists)."""
         async for _event in turn.events():
             pass
-        async with self.sessions() as session:
-            stored = await session.get(Message, turn.assistant_message_id)
-        if stored is None:
-            raise NotFound("the conversation was deleted while it was being answered")
-        return stored
+        assert turn.result is not None
+        return turn.result
 
     # --- steps 1-5: answer -------------------------------------------------------------
     def _meta(self, turn: ChatTurn, model: ChatModelHandle) -> ChatEvent:
@@ -233,7 +261,7 @@ class ChatService:
         self, turn: ChatTurn, model: ChatModelHandle, passages: list[Passage]
     ) -> BuiltPrompt:
         return build_prompt(
-            system=self.settings.system_prompt,
+            system=turn.system_prompt,
             history=history_messages(turn.history),
             question=turn.question,
             count_tokens=model.count_tokens,
@@ -350,11 +378,22 @@ class ChatService:
             "sources": answer.sources,
             **usage,
         }
+        unsaved = Message(
+            id=turn.assistant_message_id,
+            role="assistant",
+            content=content,
+            parent_id=turn.user_message_id,
+            created_at=answer.created_at,
+            **fields,
+        )
+        turn.result = unsaved
+        if not turn.persist:
+            return unsaved
         async with self.sessions() as session:
             conversation = await session.get(Conversation, turn.conversation_id)
             if conversation is None:  # deleted while answering: nothing to attach it to
                 log.info("conversation %s was deleted during its answer", turn.conversation_id)
-                return Message(id=turn.assistant_message_id, content=content, **fields)
+                return unsaved
             message = await repository.add_message(
                 session=session,
                 conversation=conversation,
@@ -366,6 +405,7 @@ class ChatService:
                 **fields,
             )
             await session.commit()
+            turn.result = message
             return message
 
 
