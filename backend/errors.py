@@ -6,10 +6,13 @@ from __future__ import annotations
 class ServiceError(Exception):
     """Base class: `detail` is safe to show to the caller."""
 
-    def __init__(self, detail: str, *, field: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, field: tuple[str | int, ...] | None = None, code: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        self.code = code  # a machine-readable reason, where there is one
 
 
 class NotFound(ServiceError):

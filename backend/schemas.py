@@ -218,3 +218,27 @@ class SourcePublic(BaseModel):
 class SearchResponse(BaseModel):
     results: list[SourcePublic]
     timings: dict[str, float]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("default", min_length=1, max_length=100)
+
+
+class ApiKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="The key itself: shown this once, stored only hashed.")
+
+
+class ApiKeysPublic(BaseModel):
+    data: list[ApiKeyPublic]

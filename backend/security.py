@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -44,3 +46,16 @@ def decode_access_token(token: str, *, secret_key: str) -> str:
     except jwt.PyJWTError as exc:
         raise InvalidToken("invalid token") from exc
     return str(payload["sub"])
+
+
+API_KEY_PREFIX = "rs_"
+
+
+def new_api_key() -> str:
+    """A fresh key: `rs_` and 43 URL-safe characters (256 bits)."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    # Keys carry 256 random bits: a fast hash is enough, and lets a key be looked up.
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -13,7 +13,7 @@ from backend.components import Components
 from backend.db import repository
 from backend.db.models import User
 from backend.errors import NotAuthenticated
-from backend.security import InvalidToken, decode_access_token
+from backend.security import API_KEY_PREFIX, InvalidToken, decode_access_token, hash_api_key
 from backend.services.chat import ChatService
 from backend.settings import Settings
 
@@ -51,6 +51,12 @@ async def get_current_user(
     settings = components.settings
     if not token:
         raise NotAuthenticated("not authenticated: send `Authorization: Bearer <token>`")
+    if token.startswith(API_KEY_PREFIX):
+        async with components.sessions() as session:
+            user = await repository.user_by_api_key(session=session, key_hash=hash_api_key(token))
+        if user is None or not user.is_active:
+            raise NotAuthenticated("invalid API key")
+        return user
     try:
         user_id = decode_access_token(token, secret_key=settings.secret_key)
     except InvalidToken as exc:

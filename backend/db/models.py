@@ -60,9 +60,7 @@ class Conversation(Base):
     )
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, index=True
-    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation",
@@ -140,3 +138,19 @@ class Bm25Term(Base):
 
     token_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     doc_freq: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    """A user's API key; only its SHA-256 is kept (keys are long and random)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell keys apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

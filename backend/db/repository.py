@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from backend.db.models import (
+    ApiKey,
     Bm25Stats,
     Bm25Term,
     Conversation,
@@ -220,3 +221,45 @@ async def apply_corpus_delta(*, session: AsyncSession, delta: CorpusDelta, sign:
             await session.execute(statement)
         await session.execute(delete(Bm25Term).where(Bm25Term.doc_freq <= 0))
     await session.flush()
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+async def create_api_key(
+    *, session: AsyncSession, user_id: str, name: str, prefix: str, key_hash: str
+) -> ApiKey:
+    key = ApiKey(user_id=user_id, name=name, prefix=prefix, key_hash=key_hash)
+    session.add(key)
+    await session.flush()
+    return key
+
+
+async def list_api_keys(*, session: AsyncSession, user_id: str) -> Sequence[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at.desc())
+    )
+    return result.scalars().all()
+
+
+async def get_api_key(*, session: AsyncSession, user_id: str, key_id: str) -> ApiKey | None:
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id)
+    )
+    return result.scalar_one_or_none()
+
+
+async def user_by_api_key(*, session: AsyncSession, key_hash: str) -> User | None:
+    """The key's owner (and the key's last use noted), or None for an unknown key."""
+    result = await session.execute(
+        select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.key_hash == key_hash)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    key, user = row
+    key.last_used_at = utcnow()
+    await session.commit()
+    return user

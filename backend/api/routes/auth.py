@@ -2,14 +2,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.api.deps import CurrentUser, SessionDep, SettingsDep
 from backend.db import repository
-from backend.errors import Conflict, NotAuthenticated
-from backend.schemas import Token, UserCreate, UserPublic
-from backend.security import create_access_token, hash_password, verify_password
+from backend.errors import Conflict, NotAuthenticated, NotFound
+from backend.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    ApiKeysPublic,
+    Token,
+    UserCreate,
+    UserPublic,
+)
+from backend.security import (
+    create_access_token,
+    hash_api_key,
+    hash_password,
+    new_api_key,
+    verify_password,
+)
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -48,3 +62,38 @@ async def login(
 async def me(user: CurrentUser) -> UserPublic:
     """The caller's account."""
     return UserPublic.model_validate(user)
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+async def create_api_key(
+    body: ApiKeyCreate, user: CurrentUser, session: SessionDep
+) -> ApiKeyCreated:
+    """Create an API key; the key is in this answer only."""
+    key = new_api_key()
+    row = await repository.create_api_key(
+        session=session,
+        user_id=user.id,
+        name=body.name,
+        prefix=key[:10],
+        key_hash=hash_api_key(key),
+    )
+    await session.commit()
+    return ApiKeyCreated(**ApiKeyPublic.model_validate(row).model_dump(), key=key)
+
+
+@router.get("/api-keys", response_model=ApiKeysPublic)
+async def list_api_keys(user: CurrentUser, session: SessionDep) -> ApiKeysPublic:
+    """Your API keys (never the keys themselves)."""
+    keys = await repository.list_api_keys(session=session, user_id=user.id)
+    return ApiKeysPublic(data=[ApiKeyPublic.model_validate(k) for k in keys])
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_api_key(key_id: str, user: CurrentUser, session: SessionDep) -> Response:
+    """Revoke one of your API keys."""
+    key = await repository.get_api_key(session=session, user_id=user.id, key_id=key_id)
+    if key is None:
+        raise NotFound("API key not found", field=("path", "key_id"))
+    await session.delete(key)
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

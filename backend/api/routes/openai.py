@@ -1,0 +1,228 @@
+"""OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions` (streamed or not),
+in OpenAI's wire format so the official SDK, LangChain's ChatOpenAI and OpenAI chat UIs
+work unchanged. Extensions in the body: `retrieval` (as in /chat) and `conversation_id`
+(store the exchange in that conversation); in the answer: `sources` (and
+`conversation_id`) on the last chunk / the response."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser, SettingsDep
+from backend.errors import InvalidInput, NotFound, UpstreamFailed
+from backend.schemas import RetrievalRequest
+from backend.services.chat import ChatOptions, ChatTurn, RetrievalOptions
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+STARTED = int(time.time())
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # OpenAI clients send parameters this service has no use for (presence_penalty,
+    # logit_bias, user, ...): they are accepted and ignored, as many compatible servers do.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
+    conversation_id: str | None = None
+
+
+@router.get("/models")
+async def list_models(components: ComponentsDep, _user: CurrentUser) -> dict[str, Any]:
+    """The models, as OpenAI lists them."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": h.name, "object": "model", "created": STARTED, "owned_by": h.provider}
+            for h in components.models.handles
+        ],
+    }
+
+
+def _split(messages: list[OpenAIMessage]) -> tuple[str | None, list[tuple[str, str]], str]:
+    """(system prompt, history, question) from an OpenAI message list."""
+    if messages[-1].role != "user" or not messages[-1].text().strip():
+        raise InvalidInput(
+            "the last message must be a non-empty user message", field=("body", "messages")
+        )
+    system = "\n\n".join(m.text() for m in messages if m.role in ("system", "developer"))
+    history = [
+        ("user" if m.role == "user" else "assistant", m.text())
+        for m in messages[:-1]
+        if m.role in ("user", "assistant") and m.text()
+    ]
+    return system or None, history, messages[-1].text()
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    user: CurrentUser,
+    service: ChatServiceDep,
+    components: ComponentsDep,
+    settings: SettingsDep,
+) -> JSONResponse | EventSourceResponse:
+    """Chat completion in OpenAI's format, grounded in your documents."""
+    if body.model not in components.models.ids():
+        raise NotFound(
+            f"The model '{body.model}' does not exist; GET /v1/models lists the models",
+            field=("body", "model"),
+            code="model_not_found",
+        )
+    system, history, question = _split(body.messages)
+    retrieval = body.retrieval
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    turn = await service.start(
+        user=user,
+        message=question,
+        conversation_id=body.conversation_id,
+        options=ChatOptions(
+            model=body.model,
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=stop,
+            retrieval=RetrievalOptions(
+                enabled=retrieval.enabled,
+                namespaces=retrieval.namespaces,
+                filter=retrieval.filter,
+                top_k=retrieval.top_k,
+                alpha=retrieval.alpha,
+            ),
+        ),
+        history=history,
+        system_prompt=system,
+        persist=body.conversation_id is not None,
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(
+            _chunks(turn, include_usage), ping=settings.sse_ping_seconds, sep="\n"
+        )
+    return JSONResponse(await _completion(turn))
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _extensions(turn: ChatTurn, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    extra: dict[str, Any] = {"sources": sources}
+    if turn.conversation_id:
+        extra["conversation_id"] = turn.conversation_id
+    return extra
+
+
+async def _completion(turn: ChatTurn) -> dict[str, Any]:
+    error: dict[str, Any] | None = None
+    model = ""
+    async for event in turn.events():
+        if event.event == "meta":
+            model = event.data["model"]
+        elif event.event == "error":
+            error = event.data
+    message = turn.result
+    assert message is not None
+    if error is not None:
+        raise UpstreamFailed(error["message"], code=error["code"])
+    prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
+    return {
+        "id": f"chatcmpl-{turn.assistant_message_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model or message.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": message.content},
+                "logprobs": None,
+                "finish_reason": _finish_reason(message.finish_reason),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        **_extensions(turn, message.sources or []),
+    }
+
+
+async def _chunks(turn: ChatTurn, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    base = {
+        "id": f"chatcmpl-{turn.assistant_message_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "",
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> ServerSentEvent:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return ServerSentEvent(data=json.dumps({**base, "choices": [choice], **extra}))
+
+    sources: list[dict[str, Any]] = []
+    async for event in turn.events():
+        if event.event == "meta":
+            base["model"] = event.data["model"]
+            yield chunk({"role": "assistant", "content": ""})
+        elif event.event == "sources":
+            sources = event.data["sources"]
+        elif event.event == "token":
+            yield chunk({"content": event.data["text"]})
+        elif event.event == "done":
+            yield chunk(
+                {}, _finish_reason(event.data["finish_reason"]), **_extensions(turn, sources)
+            )
+            if include_usage:
+                usage = event.data["usage"]
+                total = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
+                yield ServerSentEvent(
+                    data=json.dumps(
+                        {**base, "choices": [], "usage": {**usage, "total_tokens": total}}
+                    )
+                )
+            yield ServerSentEvent(data="[DONE]")
+        elif event.event == "error":
+            # OpenAI's streams carry errors as an `error` object; the SDK raises on it.
+            error = {
+                "message": event.data["message"],
+                "type": "api_error",
+                "code": event.data["code"],
+            }
+            yield ServerSentEvent(data=json.dumps({"error": error}))
+            return
