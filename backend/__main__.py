@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
 from backend.app import create_app
+from backend.logs import configure as configure_logging
 from backend.settings import get_settings
 
 
@@ -18,9 +18,8 @@ def main() -> None:
     except ValidationError as exc:
         print(f"ragstream: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        level=settings.log_level, fmt=settings.log_format, instance=settings.instance_name
     )
     uvicorn.run(
         create_app(settings),
@@ -28,6 +27,7 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
+        log_config=None,  # ours (backend.logs), set above
     )
 
 

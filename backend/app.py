@@ -27,6 +27,8 @@ from backend.errors import (
     UpstreamFailed,
 )
 from backend.llm import ChatModelHandle
+from backend.metrics import Metrics
+from backend.middleware import RequestContextMiddleware
 from backend.retrieval.store import VectorStore
 from backend.settings import Settings, get_settings
 
@@ -98,11 +100,12 @@ def create_app(
     if model is not None:
         models = [model]
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         components = await build_components(
-            settings, models=models, embeddings=embeddings, store=store
+            settings, models=models, embeddings=embeddings, store=store, metrics=metrics
         )
         app.state.components = components
         try:
@@ -123,6 +126,8 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    app.state.metrics = metrics
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_exception_handler(ServiceError, _service_error)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db.engine import create_engine, migrate, session_factory
 from backend.llm import ChatModelHandle, ModelRouter, build_models
+from backend.metrics import Metrics
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
@@ -30,6 +31,7 @@ class Components:
     models: ModelRouter
     store: VectorStore
     documents: DocumentService
+    metrics: Metrics
     chat_service: ChatService
 
     async def database_ok(self) -> bool:
@@ -115,9 +117,11 @@ async def build_components(
     models: Sequence[ChatModelHandle] | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
+    metrics: Metrics | None = None,
 ) -> Components:
     """Connect and migrate the history store, load the models, open the vector store.
     Tests may hand in the chat models (in fallback order), the embeddings or the store."""
+    metrics = metrics or Metrics()
     engine = await open_history(settings)
     sessions = session_factory(engine)
     try:
@@ -139,7 +143,12 @@ async def build_components(
         models=router,
         store=documents.store,
         documents=documents,
+        metrics=metrics,
         chat_service=ChatService(
-            settings=settings, sessions=sessions, models=router, documents=documents
+            settings=settings,
+            sessions=sessions,
+            models=router,
+            documents=documents,
+            metrics=metrics,
         ),
     )

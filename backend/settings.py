@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
         "development", description="`production` refuses the default SECRET_KEY."
     )
     log_level: str = Field("info", description="Log level of the backend (debug, info, warning).")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object a line, with request ids; `text`: plain."
+    )
+    instance_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name of this replica, shown in `meta` events and logs; default: hostname.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON list); empty: none."
     )

@@ -21,7 +21,7 @@ from tests.helpers import (
 
 
 def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
-    client: httpx.Client,
+    client: httpx.Client, server: LiveServer
 ) -> None:
     headers = register(client)
     result = stream_chat(client, headers, message="Hi there")
@@ -32,7 +32,14 @@ def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
     assert set(names[2:-1]) == {"token"} and len(names[2:-1]) > 5
 
     meta = result.first("meta")
-    assert set(meta) == {"conversation_id", "user_message_id", "assistant_message_id", "model"}
+    assert set(meta) == {
+        "conversation_id",
+        "user_message_id",
+        "assistant_message_id",
+        "model",
+        "instance",
+    }
+    assert meta["instance"] == server.components.settings.instance_name
     assert meta["model"] == "fake-model"
     assert result.first("sources") == {"sources": []}
     # Deltas, never the cumulative answer: each token is one character of the fake reply.

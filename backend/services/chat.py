@@ -20,6 +20,7 @@ from backend.errors import InvalidInput, NotFound
 from backend.llm import ChatModelHandle, ModelRouter
 from backend.llm.errors import ModelFailure
 from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
+from backend.metrics import Metrics
 from backend.retrieval.filters import FilterError, validate_filter
 from backend.retrieval.retriever import Passage
 from backend.services.documents import DocumentService, Scope
@@ -89,11 +90,13 @@ class ChatService:
         sessions: async_sessionmaker[AsyncSession],
         models: ModelRouter,
         documents: DocumentService,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.models = models
         self.documents = documents
+        self.metrics = metrics or Metrics()
         self.policy = StreamPolicy.from_settings(settings)
 
     # --- step 0: validate and store what the user typed ----------------------------------
@@ -233,6 +236,7 @@ class ChatService:
                 "user_message_id": turn.user_message_id,
                 "assistant_message_id": turn.assistant_message_id,
                 "model": model.name,
+                "instance": self.settings.instance_name,
             },
         )
 
@@ -255,6 +259,7 @@ class ChatService:
             return []
         finally:
             answer.retrieval_ms = (time.perf_counter() - started) * 1000
+            self.metrics.retrieval_seconds.observe(answer.retrieval_ms / 1000)
         return found.passages
 
     def _prompt(
@@ -378,6 +383,7 @@ class ChatService:
             "sources": answer.sources,
             **usage,
         }
+        self._observe(turn, answer, usage["completion_tokens"] or 0)
         unsaved = Message(
             id=turn.assistant_message_id,
             role="assistant",
@@ -407,6 +413,18 @@ class ChatService:
             await session.commit()
             turn.result = message
             return message
+
+    def _observe(self, turn: ChatTurn, answer: _Answer, tokens: int) -> None:
+        name = answer.model.name
+        self.metrics.answers.labels(name, answer.status).inc()
+        if answer.error_code:
+            self.metrics.errors.labels(answer.error_code).inc()
+        if answer.first_token_at is not None:
+            self.metrics.ttft.labels(name).observe(answer.first_token_at - turn.started)
+            generating = time.perf_counter() - answer.first_token_at
+            if tokens > 1 and generating > 0:
+                self.metrics.tokens_per_second.labels(name).observe(tokens / generating)
+        self.metrics.tokens.labels(name).inc(tokens)
 
 
 @dataclass

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import ComponentsDep, CurrentUser
 from backend.schemas import ModelInfo, ModelsPublic
 
 router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    registry = request.app.state.metrics
+    return Response(registry.render(), media_type=registry.content_type)
 
 
 @router.get("/health")
