@@ -208,6 +208,11 @@ class Settings(BaseSettings):
                 "string (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
                 "or set ENVIRONMENT=development."
             )
+        if self.environment != "development" and len(self.secret_key) < 32:
+            raise ValueError(
+                "SECRET_KEY is shorter than 32 characters; set a long random string "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
+            )
         if self.max_tokens_default > self.max_tokens_limit:
             raise ValueError("MAX_TOKENS_DEFAULT must not exceed MAX_TOKENS_LIMIT.")
         if self.max_tokens_limit >= self.llm_context_window:

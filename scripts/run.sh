@@ -9,6 +9,7 @@ FRONTEND_PORT=${FRONTEND_PORT:-8501}
 export HOST=${HOST:-127.0.0.1} PORT
 export BACKEND_URL=${BACKEND_URL:-http://127.0.0.1:$PORT}
 export HF_HUB_DISABLE_TELEMETRY=1
+export LOG_FORMAT=${LOG_FORMAT:-text}
 
 .venv/bin/python -m backend &
 backend=$!

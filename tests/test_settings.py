@@ -14,6 +14,8 @@ def test_the_default_secret_is_refused_outside_development() -> None:
     with pytest.raises(ValidationError, match="SECRET_KEY is the built-in development key"):
         settings(environment="production")
     assert settings(environment="production", secret_key="x" * 40).secret_key == "x" * 40
+    with pytest.raises(ValidationError, match="shorter than 32 characters"):
+        settings(environment="production", secret_key="short")
     assert settings().secret_key == DEFAULT_SECRET_KEY
 
 
