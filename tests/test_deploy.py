@@ -132,3 +132,21 @@ def test_the_frontend_image_command_serves_and_passes_its_healthcheck(tmp_path: 
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("part", "expected"), [("backend", "backend/__main__.py"), ("frontend", "frontend/app.py")]
+)
+def test_make_space_assembles_a_docker_space(tmp_path: Path, part: str, expected: str) -> None:
+    out = tmp_path / part
+    subprocess.run(
+        ["bash", "scripts/make-space.sh", part, str(out)], cwd=ROOT, check=True, capture_output=True
+    )
+    assert (out / expected).is_file()
+    assert (out / "Dockerfile").read_text() == (ROOT / f"Dockerfile.{part}").read_text()
+    header = (out / "README.md").read_text().split("---")[1]
+    assert yaml.safe_load(header)["sdk"] == "docker" and yaml.safe_load(header)["app_port"] == 7860
+    # Every file the Dockerfile copies is there.
+    for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", (out / "Dockerfile").read_text(), re.M):
+        if not source.startswith("/"):
+            assert (out / source).exists(), source

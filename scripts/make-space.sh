@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Assemble a Hugging Face Space (Docker SDK) for the backend or the frontend in DIR:
+# the files the image needs, the Dockerfile under its Space name, and the Space's README
+# header. Then: cd DIR && git init && git remote add space https://huggingface.co/spaces/YOU/NAME
+# && git add -A && git commit -m "ragstream" && git push space main
+set -euo pipefail
+part=${1:?usage: scripts/make-space.sh backend|frontend DIR}
+out=${2:?usage: scripts/make-space.sh backend|frontend DIR}
+cd "$(dirname "$0")/.."
+case "$part" in
+  backend)  files=(backend alembic.ini requirements-backend.txt); title="ragstream API" ;;
+  frontend) files=(frontend requirements-frontend.txt); title="ragstream chat" ;;
+  *) echo "usage: scripts/make-space.sh backend|frontend DIR" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+for f in "${files[@]}"; do
+  cp -R "$f" "$out/"
+done
+find "$out" -name __pycache__ -type d -prune -exec rm -rf {} +
+cp "Dockerfile.$part" "$out/Dockerfile"
+cat > "$out/README.md" <<README
+---
+title: $title
+emoji: 💬
+colorFrom: indigo
+colorTo: blue
+sdk: docker
+app_port: 7860
+pinned: false
+---
+
+$title, from ragstream. Settings come from the Space's variables and secrets.
+README
+echo "Space for the $part assembled in $out"
