@@ -22,7 +22,6 @@ router = APIRouter(tags=["chat"])
 
 
 async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTurn:
-    retrieval = body.retrieval
     return await service.start(
         user=user,
         message=body.message,
@@ -33,13 +32,7 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
             temperature=body.temperature,
             top_p=body.top_p,
             stop=body.stop,
-            retrieval=RetrievalOptions(
-                enabled=retrieval.enabled,
-                namespaces=retrieval.namespaces,
-                filter=retrieval.filter,
-                top_k=retrieval.top_k,
-                alpha=retrieval.alpha,
-            ),
+            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
         ),
     )
 

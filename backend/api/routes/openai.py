@@ -105,7 +105,6 @@ async def chat_completions(
             code="model_not_found",
         )
     system, history, question = _split(body.messages)
-    retrieval = body.retrieval
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     turn = await service.start(
         user=user,
@@ -117,13 +116,7 @@ async def chat_completions(
             temperature=body.temperature,
             top_p=body.top_p,
             stop=stop,
-            retrieval=RetrievalOptions(
-                enabled=retrieval.enabled,
-                namespaces=retrieval.namespaces,
-                filter=retrieval.filter,
-                top_k=retrieval.top_k,
-                alpha=retrieval.alpha,
-            ),
+            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
         ),
         history=history,
         system_prompt=system,
