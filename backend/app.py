@@ -143,6 +143,7 @@ def create_app(
         health.router,
         auth.router,
         conversations.router,
+        conversations.messages_router,
         chat.router,
         documents.router,
         openai.router,

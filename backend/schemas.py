@@ -67,6 +67,21 @@ class Usage(BaseModel):
     completion_tokens: int | None = None
 
 
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal[1, -1] = Field(description="1: good answer, -1: bad answer.")
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    rating: int
+    comment: str | None
+    created_at: datetime
+
+
 class MessagePublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -82,10 +97,17 @@ class MessagePublic(BaseModel):
     timings: dict[str, Any] | None
     sources: list[dict[str, Any]] | None
     created_at: datetime
+    feedback: FeedbackPublic | None = None
 
 
 class ConversationDetail(ConversationPublic):
-    messages: list[MessagePublic]
+    messages: list[MessagePublic] = Field(
+        description="Every message, oldest first, branches included."
+    )
+    active_branch: list[str] = Field(
+        default_factory=list,
+        description="Ids of the current thread (the newest message and its parents), oldest first.",
+    )
 
 
 class RetrievalRequest(BaseModel):
@@ -133,6 +155,16 @@ class ChatRequest(BaseModel):
         if value and any(not s or len(s) > 64 for s in value):
             raise ValueError("stop sequences must be 1-64 characters")
         return value
+
+
+class RegenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
 
 
 class ChatResponse(BaseModel):

@@ -19,6 +19,7 @@ from backend.db.models import (
     Bm25Term,
     Conversation,
     Document,
+    Feedback,
     Message,
     User,
     utcnow,
@@ -119,6 +120,7 @@ async def add_message(
         parent_id=parent_id,
         seq=(seq or 0) + 1,
         created_at=created_at or utcnow(),
+        feedback=None,  # known empty: reading it later needs no database round trip
         **({"id": message_id} if message_id else {}),
         **fields,
     )
@@ -263,3 +265,31 @@ async def user_by_api_key(*, session: AsyncSession, key_hash: str) -> User | Non
     key.last_used_at = utcnow()
     await session.commit()
     return user
+
+
+# --- feedback ------------------------------------------------------------------------------
+
+
+async def get_owned_message(
+    *, session: AsyncSession, user_id: str, message_id: str
+) -> Message | None:
+    """The message if it is in one of `user_id`'s conversations."""
+    result = await session.execute(
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id == message_id, Conversation.user_id == user_id)
+    )
+    return result.scalar_one_or_none()
+
+
+async def set_feedback(
+    *, session: AsyncSession, message: Message, rating: int, comment: str | None
+) -> Feedback:
+    feedback = await session.get(Feedback, message.id)
+    if feedback is None:
+        feedback = Feedback(message_id=message.id, rating=rating, comment=comment)
+        session.add(feedback)
+    else:
+        feedback.rating, feedback.comment, feedback.created_at = rating, comment, utcnow()
+    await session.flush()
+    return feedback

@@ -220,6 +220,51 @@ class ChatService:
             system_prompt=system,
         )
 
+    async def regenerate(
+        self, *, user: User, conversation_id: str, options: ChatOptions
+    ) -> ChatTurn:
+        """A new answer to the conversation's last question, beside the previous ones (the
+        old answer stays, as a sibling branch)."""
+        params = self._params(options)
+        async with self.sessions() as session:
+            conversation = await repository.get_conversation(
+                session=session, user_id=user.id, conversation_id=conversation_id
+            )
+            if conversation is None:
+                raise NotFound("conversation not found", field=("path", "conversation_id"))
+            stored = await repository.conversation_messages(
+                session=session, conversation_id=conversation.id
+            )
+        branch = repository.branch_ending_at(stored, stored[-1].id if stored else None)
+        questions = [i for i, m in enumerate(branch) if m.role == "user"]
+        if not questions:
+            raise InvalidInput(
+                "the conversation has no question to answer again",
+                field=("path", "conversation_id"),
+            )
+        question = branch[questions[-1]]
+        models = self.models.choose(options.model, question.content)
+        if options.retrieval.enabled and options.retrieval.filter is not None:
+            try:
+                validate_filter(options.retrieval.filter)
+            except FilterError as exc:
+                raise InvalidInput(
+                    f"{exc.path}: {exc.message}", field=("body", "retrieval", "filter")
+                ) from exc
+        return ChatTurn(
+            service=self,
+            conversation_id=conversation.id,
+            user_message_id=question.id,
+            assistant_message_id=new_id(),
+            question=question.content,
+            history=[(m.role, m.content) for m in branch[: questions[-1]] if m.content],
+            models=models,
+            params=params,
+            user=user,
+            retrieval=options.retrieval,
+            system_prompt=self.settings.system_prompt,
+        )
+
     async def complete(self, turn: ChatTurn) -> Message:
         """Run the answer to its end and return it (as stored, when the turn persists)."""
         async for _event in turn.events():

@@ -17,6 +17,7 @@ from backend.services.chat import (
     ChatTurn,
     RetrievalOptions,
 )
+from backend.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
@@ -48,6 +49,11 @@ async def chat_stream(
 ) -> EventSourceResponse:
     """Answer as Server-Sent Events: meta, sources, token..., then done or error."""
     turn = await _start(service, user, body)  # 4xx here, before the stream opens
+    return sse_response(turn, settings)
+
+
+def sse_response(turn: ChatTurn, settings: Settings) -> EventSourceResponse:
+    """A turn's events as Server-Sent Events, with keep-alive pings."""
     return EventSourceResponse(
         _sse(turn.events()),
         ping=settings.sse_ping_seconds,

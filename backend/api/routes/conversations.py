@@ -3,18 +3,24 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from sse_starlette import EventSourceResponse
 
-from backend.api.deps import CurrentUser, SessionDep
+from backend.api.deps import ChatServiceDep, CurrentUser, SessionDep, SettingsDep
+from backend.api.routes.chat import sse_response
 from backend.db import repository
 from backend.db.models import Conversation
-from backend.errors import NotFound
+from backend.errors import InvalidInput, NotFound
 from backend.schemas import (
     ConversationCreate,
     ConversationDetail,
     ConversationPublic,
     ConversationsPublic,
     ConversationUpdate,
+    FeedbackIn,
+    FeedbackPublic,
+    RegenerateRequest,
 )
+from backend.services.chat import ChatOptions, RetrievalOptions
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -60,8 +66,14 @@ async def create_conversation(
 async def get_conversation(
     conversation_id: str, session: SessionDep, user: CurrentUser
 ) -> ConversationDetail:
-    """One conversation with all its messages, oldest first."""
-    return ConversationDetail.model_validate(await _owned(session, user, conversation_id))
+    """One conversation with all its messages, oldest first, and its current thread."""
+    conversation = await _owned(session, user, conversation_id)
+    detail = ConversationDetail.model_validate(conversation)
+    messages = conversation.messages
+    detail.active_branch = [
+        m.id for m in repository.branch_ending_at(messages, messages[-1].id if messages else None)
+    ]
+    return detail
 
 
 @router.patch("/{conversation_id}", response_model=ConversationPublic)
@@ -84,3 +96,51 @@ async def delete_conversation(
     await repository.delete_conversation(session=session, conversation=conversation)
     await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{conversation_id}/regenerate")
+async def regenerate(
+    conversation_id: str,
+    user: CurrentUser,
+    service: ChatServiceDep,
+    settings: SettingsDep,
+    body: RegenerateRequest | None = None,
+) -> EventSourceResponse:
+    """A new answer to the last question, as SSE (the old answer stays as a sibling)."""
+    body = body or RegenerateRequest()
+    turn = await service.regenerate(
+        user=user,
+        conversation_id=conversation_id,
+        options=ChatOptions(
+            model=body.model,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
+        ),
+    )
+    return sse_response(turn, settings)
+
+
+messages_router = APIRouter(prefix="/messages", tags=["conversations"])
+
+
+@messages_router.post(
+    "/{message_id}/feedback", status_code=status.HTTP_201_CREATED, response_model=FeedbackPublic
+)
+async def give_feedback(
+    message_id: str, body: FeedbackIn, session: SessionDep, user: CurrentUser
+) -> FeedbackPublic:
+    """Rate an answer (1 or -1) with an optional comment; sending again replaces it."""
+    message = await repository.get_owned_message(
+        session=session, user_id=user.id, message_id=message_id
+    )
+    if message is None:
+        raise NotFound("message not found", field=("path", "message_id"))
+    if message.role != "assistant":
+        raise InvalidInput("only answers can be rated", field=("path", "message_id"))
+    feedback = await repository.set_feedback(
+        session=session, message=message, rating=body.rating, comment=body.comment
+    )
+    await session.commit()
+    return FeedbackPublic.model_validate(feedback)
