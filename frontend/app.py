@@ -1,13 +1,16 @@
 """ragstream's chat app (Streamlit). Talks to the backend over HTTP only (BACKEND_URL).
 
-A first, plain face for the service: sign in, pick or start a conversation, and chat with
-answers streamed token by token."""
+Sign in, pick or start a conversation, ask: answers stream token by token with their
+numbered sources; the sidebar holds the conversations and the retrieval controls; the
+Documents tab uploads and lists what the answers draw on."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -15,17 +18,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from frontend.client import BackendClient, BackendError, StreamedAnswer
 
 BACKEND_URL = os.environ.get("BACKEND_URL", "http://127.0.0.1:8000")
+OPERATORS = ["=", "≠", ">", "≥", "<", "≤", "in", "not in", "exists"]
+OPERATOR_CODES = {
+    "=": "$eq", "≠": "$ne", ">": "$gt", "≥": "$gte", "<": "$lt", "≤": "$lte",
+    "in": "$in", "not in": "$nin", "exists": "$exists",
+}  # fmt: skip
 
-st.set_page_config(page_title="ragstream", page_icon="💬")
+st.set_page_config(page_title="ragstream", page_icon="💬", layout="wide")
 state = st.session_state
 state.setdefault("token", None)
 state.setdefault("conversation_id", None)
+state.setdefault("filter_error", None)
+state.setdefault("notice", None)
 client = BackendClient(BACKEND_URL, state.token)
 
 
+# --- signing in ----------------------------------------------------------------------------
 def sign_in() -> None:
     st.title("ragstream")
     st.caption("Retrieval-augmented chat. Sign in or create an account.")
+    if state.notice:
+        st.warning(state.notice)
     login_tab, register_tab = st.tabs(["Sign in", "Create account"])
     with login_tab, st.form("login"):
         username = st.text_input("Username")
@@ -33,6 +46,7 @@ def sign_in() -> None:
         if st.form_submit_button("Sign in"):
             try:
                 state.token = client.login(username, password)
+                state.notice = None
                 st.rerun()
             except BackendError as exc:
                 st.error(exc.message)
@@ -43,65 +57,269 @@ def sign_in() -> None:
             try:
                 client.register(username, password)
                 state.token = client.login(username, password)
+                state.notice = None
                 st.rerun()
             except BackendError as exc:
                 st.error(exc.message)
 
 
-def sidebar() -> None:
-    with st.sidebar:
-        if st.button("New conversation", use_container_width=True):
-            state.conversation_id = None
+# --- sidebar: conversations and retrieval controls -------------------------------------
+def conversations_panel() -> None:
+    st.sidebar.header("Conversations")
+    if st.sidebar.button("＋ New conversation", use_container_width=True):
+        state.conversation_id = None
+        st.rerun()
+    for conversation in client.conversations():
+        current = conversation["id"] == state.conversation_id
+        label = ("▸ " if current else "") + conversation["title"]
+        if st.sidebar.button(label, key=f"open-{conversation['id']}", use_container_width=True):
+            state.conversation_id = conversation["id"]
             st.rerun()
-        for conversation in client.conversations():
-            label = conversation["title"]
-            if conversation["id"] == state.conversation_id:
-                label = f"**{label}**"
-            if st.button(label, key=conversation["id"], use_container_width=True):
-                state.conversation_id = conversation["id"]
-                st.rerun()
-        st.divider()
-        if st.button("Sign out"):
-            state.token, state.conversation_id = None, None
-            st.rerun()
-
-
-def chat() -> None:
     if state.conversation_id:
-        for message in client.conversation(state.conversation_id)["messages"]:
-            with st.chat_message(message["role"]):
-                st.markdown(message["content"] or "_(no answer)_")
-                if message["status"] != "complete":
-                    st.caption(f"status: {message['status']}")
+        with st.sidebar.expander("Rename or delete this conversation"):
+            title = st.text_input("New title", key="rename_title")
+            if st.button("Rename", key="rename") and title.strip():
+                client.rename_conversation(state.conversation_id, title.strip())
+                st.rerun()
+            sure = st.checkbox("Yes, delete it and its messages", key="confirm_delete")
+            if st.button("Delete", key="delete", disabled=not sure):
+                client.delete_conversation(state.conversation_id)
+                state.conversation_id = None
+                st.rerun()
+
+
+def _value(text: str) -> Any:
+    """A typed filter value: numbers and booleans as such, lists split on commas."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def retrieval_panel() -> dict[str, Any]:
+    """The retrieval options of the next answer, as the API takes them."""
+    with st.sidebar.expander("Retrieval", expanded=False):
+        enabled = st.toggle("Search my documents", value=True, key="rag_on")
+        spaces = st.multiselect(
+            "Namespaces", ["private", "shared"], default=["private", "shared"], key="rag_ns"
+        )
+        top_k = st.slider("Passages (top_k)", 1, 20, 5, key="rag_top_k")
+        alpha = st.slider("Keyword ◀ mix ▶ meaning (alpha)", 0.0, 1.0, 0.5, 0.05, key="rag_alpha")
+        st.caption("Metadata filter")
+        conditions = []
+        for row in range(3):
+            field, operator, value = st.columns([3, 2, 3])
+            name = field.text_input("Field", key=f"f_field_{row}", label_visibility="collapsed",
+                                    placeholder="field")  # fmt: skip
+            op = operator.selectbox("Operator", OPERATORS, key=f"f_op_{row}",
+                                    label_visibility="collapsed")  # fmt: skip
+            raw = value.text_input("Value", key=f"f_value_{row}", label_visibility="collapsed",
+                                   placeholder="value")  # fmt: skip
+            if name.strip():
+                code = OPERATOR_CODES[op]
+                if code in ("$in", "$nin"):
+                    operand: Any = [_value(v) for v in raw.split(",") if v.strip()]
+                elif code == "$exists":
+                    operand = raw.strip().lower() != "false"
+                else:
+                    operand = _value(raw)
+                conditions.append({name.strip(): {code: operand}})
+        expert = st.text_area("Or a filter as JSON (wins over the rows)", key="f_json",
+                              placeholder='{"year": {"$gte": 2020}}')  # fmt: skip
+        filter_: Any = None
+        if expert.strip():
+            try:
+                filter_ = json.loads(expert)
+            except json.JSONDecodeError as exc:
+                st.error(f"Not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+        elif conditions:
+            filter_ = conditions[0] if len(conditions) == 1 else {"$and": conditions}
+        if state.filter_error:
+            st.error(state.filter_error)
+    options: dict[str, Any] = {"enabled": enabled, "top_k": top_k, "alpha": alpha}
+    if spaces:
+        options["namespaces"] = spaces
+    if filter_ is not None:
+        options["filter"] = filter_
+    return options
+
+
+# --- the chat ------------------------------------------------------------------------------
+def _source_label(number: int, source: dict[str, Any]) -> str:
+    meta = source.get("metadata") or {}
+    name = meta.get("title") or meta.get("source") or source["document_id"]
+    return f"[{number}] {name} · score {source['score']:.3f}"
+
+
+def show_sources(sources: list[dict[str, Any]]) -> None:
+    if not sources:
+        return
+    with st.expander(f"Sources ({len(sources)})"):
+        for number, source in enumerate(sources, 1):
+            st.markdown(f"**{_source_label(number, source)}**")
+            st.caption(source["text"])
+
+
+def show_feedback(message: dict[str, Any]) -> None:
+    given = message.get("feedback")
+    up, down, note = st.columns([1, 1, 8])
+    if up.button("👍", key=f"up-{message['id']}", help="Good answer"):
+        client.feedback(message["id"], 1, state.get(f"comment-{message['id']}") or None)
+        st.toast("Thanks for the feedback")
+    if down.button("👎", key=f"down-{message['id']}", help="Bad answer"):
+        client.feedback(message["id"], -1, state.get(f"comment-{message['id']}") or None)
+        st.toast("Thanks for the feedback")
+    with note.popover("Comment"):
+        st.text_input("Comment (sent with 👍 or 👎)", key=f"comment-{message['id']}")
+    if given:
+        st.caption(f"You rated this {'👍' if given['rating'] > 0 else '👎'}")
+
+
+def show_answer_footer(model: str | None, status: str, timings: dict[str, Any] | None) -> None:
+    parts = [model or "?"]
+    if timings and timings.get("ttft_ms") is not None:
+        parts.append(f"first token {timings['ttft_ms']:.0f} ms")
+    if timings and timings.get("total_ms") is not None:
+        parts.append(f"total {timings['total_ms']:.0f} ms")
+    if status != "complete":
+        parts.append(f"status: {status}")
+    st.caption(" · ".join(parts))
+
+
+def history() -> list[dict[str, Any]]:
+    if not state.conversation_id:
+        return []
+    detail = client.conversation(state.conversation_id)
+    by_id = {m["id"]: m for m in detail["messages"]}
+    return [by_id[i] for i in detail["active_branch"] if i in by_id]
+
+
+def stream_answer(tokens: Any, answer: StreamedAnswer) -> None:
+    """Stream into the page; a Stop button ends the run, and the backend keeps the part."""
+    st.button("⏹ Stop", key="stop")
+    st.write_stream(tokens)
+    if answer.error:
+        st.error(answer.error["message"])
+        if "filter" in answer.error["message"]:
+            state.filter_error = answer.error["message"]
+    elif answer.done:
+        show_answer_footer(answer.meta.get("model"), "complete", answer.done.get("timings"))
+    show_sources(answer.sources)
+
+
+def chat(options: dict[str, Any]) -> None:
+    messages = history()
+    if not messages:
+        st.info("Ask a question. Answers cite the documents you upload in the Documents tab.")
+    for index, message in enumerate(messages):
+        with st.chat_message(message["role"]):
+            st.markdown(message["content"] or "_(no answer)_")
+            if message["role"] == "assistant":
+                show_answer_footer(message["model"], message["status"], message["timings"])
+                show_sources(message.get("sources") or [])
+                show_feedback(message)
+                if index == len(messages) - 1 and st.button("↻ Regenerate", key="regenerate"):
+                    with st.chat_message("assistant"):
+                        answer = StreamedAnswer()
+                        stream_answer(
+                            client.regenerate(
+                                state.conversation_id, answer, {"retrieval": options}
+                            ),
+                            answer,
+                        )
+                    st.rerun()
     if prompt := st.chat_input("Ask something"):
+        state.filter_error = None
         with st.chat_message("user"):
             st.markdown(prompt)
         answer = StreamedAnswer()
-        with st.chat_message("assistant"):
-            st.write_stream(client.stream_chat(prompt, state.conversation_id, answer))
-            if answer.error:
-                st.error(answer.error["message"])
-            elif answer.done:
-                timings = answer.done["timings"]
-                st.caption(
-                    f"{answer.meta.get('model')} · first token {timings['ttft_ms']:.0f} ms · "
-                    f"total {timings['total_ms']:.0f} ms"
+        body = {"retrieval": options}
+        if state.get("model"):
+            body["model"] = state.model
+        try:
+            with st.chat_message("assistant"):
+                stream_answer(
+                    client.stream_chat(prompt, state.conversation_id, answer, body), answer
                 )
+        except BackendError as exc:
+            if exc.status == 422:
+                state.filter_error = exc.message
+                st.error(exc.message)
+                return
+            raise
         state.conversation_id = answer.meta.get("conversation_id", state.conversation_id)
         st.rerun()
 
 
-if state.token is None:
-    sign_in()
-else:
+# --- documents -----------------------------------------------------------------------------
+def documents() -> None:
+    with st.form("upload", clear_on_submit=True):
+        file = st.file_uploader("Add a document (.txt, .md, .html, .pdf)",
+                                type=["txt", "md", "markdown", "html", "htm", "pdf"])  # fmt: skip
+        metadata = st.text_input("Metadata as JSON (optional)", placeholder='{"team": "finance"}')
+        namespace = st.radio(
+            "Visible to",
+            ["private", "shared"],
+            horizontal=True,
+            format_func=lambda n: "only me" if n == "private" else "everyone",
+        )
+        if st.form_submit_button("Upload") and file is not None:
+            try:
+                meta = json.loads(metadata) if metadata.strip() else {}
+                result = client.upload(file.name, file.getvalue(), meta, namespace)
+                doc = result["documents"][0]
+                st.success(f"{file.name}: {doc['status']}, {doc['chunks']} chunks")
+            except json.JSONDecodeError as exc:
+                st.error(f"Metadata is not JSON: {exc.msg}")
+            except BackendError as exc:
+                st.error(exc.message)
+    docs = client.documents()
+    st.subheader(f"Your documents ({len(docs)})")
+    for doc in docs:
+        name, size, action = st.columns([6, 2, 1])
+        title = doc["metadata"].get("title") or doc["source"] or doc["id"]
+        name.markdown(f"**{title}** · {doc['namespace']}")
+        size.caption(f"{doc['chunk_count']} chunks")
+        if action.button("🗑", key=f"del-{doc['namespace']}-{doc['id']}", help="Delete"):
+            client.delete_document(doc["id"], doc["namespace"])
+            st.rerun()
+
+
+# --- page ----------------------------------------------------------------------------------
+def main() -> None:
+    if state.token is None:
+        sign_in()
+        return
     try:
-        sidebar()
-        chat()
+        me = client._request("GET", "/auth/me")
+        st.sidebar.markdown(f"Signed in as **{me['username']}**")
+        if st.sidebar.button("Sign out"):
+            state.token, state.conversation_id = None, None
+            st.rerun()
+        models = [m["id"] for m in client.models()]
+        if len(models) > 1:
+            st.sidebar.selectbox("Model", models, key="model")
+        conversations_panel()
+        options = retrieval_panel()
+        chat_tab, docs_tab = st.tabs(["Chat", "Documents"])
+        with chat_tab:
+            chat(options)
+        with docs_tab:
+            documents()
     except BackendError as exc:
         if exc.status == 401:
-            state.token = None
-            st.warning("Your session has expired; please sign in again.")
-            st.button("Sign in")
-        else:
-            st.error(exc.message)
-            st.button("Retry")
+            state.token, state.conversation_id = None, None
+            state.notice = "Your session has expired; please sign in again."
+            st.rerun()
+        st.error(f"⚠️ {exc.message}")
+        st.button("Retry")
+
+
+main()

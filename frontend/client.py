@@ -77,18 +77,58 @@ class BackendClient:
     def conversation(self, conversation_id: str) -> dict[str, Any]:
         return self._request("GET", f"/conversations/{conversation_id}")
 
+    def rename_conversation(self, conversation_id: str, title: str) -> None:
+        self._request("PATCH", f"/conversations/{conversation_id}", json={"title": title})
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        self._request("DELETE", f"/conversations/{conversation_id}")
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/models")["data"]
+
+    def documents(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/documents", params={"limit": 500})["data"]
+
+    def upload(
+        self, filename: str, data: bytes, metadata: dict[str, Any], namespace: str = "private"
+    ) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            "/documents/upload",
+            files={"file": (filename, data)},
+            data={"metadata": json.dumps(metadata), "namespace": namespace},
+        )
+
+    def delete_document(self, document_id: str, namespace: str) -> None:
+        self._request("DELETE", f"/documents/{document_id}", params={"namespace": namespace})
+
+    def feedback(self, message_id: str, rating: int, comment: str | None = None) -> None:
+        self._request(
+            "POST", f"/messages/{message_id}/feedback", json={"rating": rating, "comment": comment}
+        )
+
     def stream_chat(
-        self, message: str, conversation_id: str | None, answer: StreamedAnswer
+        self,
+        message: str,
+        conversation_id: str | None,
+        answer: StreamedAnswer,
+        options: dict[str, Any] | None = None,
     ) -> Iterator[str]:
         """Yield the answer's tokens; `answer` receives meta, sources and the end event."""
-        body = {"message": message, "conversation_id": conversation_id}
+        body = {"message": message, "conversation_id": conversation_id, **(options or {})}
+        return self._stream("/chat/stream", body, answer)
+
+    def regenerate(
+        self, conversation_id: str, answer: StreamedAnswer, options: dict[str, Any] | None = None
+    ) -> Iterator[str]:
+        return self._stream(f"/conversations/{conversation_id}/regenerate", options or {}, answer)
+
+    def _stream(self, path: str, body: dict[str, Any], answer: StreamedAnswer) -> Iterator[str]:
         try:
             with httpx.Client(
                 base_url=self.base_url, timeout=httpx.Timeout(self.timeout, read=300)
             ) as http:
-                with connect_sse(
-                    http, "POST", "/chat/stream", json=body, headers=self._headers()
-                ) as source:
+                with connect_sse(http, "POST", path, json=body, headers=self._headers()) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
                         raise BackendError(_detail(source.response), source.response.status_code)

@@ -1,4 +1,4 @@
-"""The Streamlit app against a real backend on 127.0.0.1 (fake model)."""
+"""The Streamlit app, page state by page state, against a real backend on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import LiveServer, register
+from tests.helpers import LiveServer, fake_model, register
 
 APP = str(Path(__file__).resolve().parents[2] / "frontend" / "app.py")
+REPLY = "Glaciers retreat as winters warm [1]."
+
+
+@pytest.fixture
+def model():  # type: ignore[no-untyped-def]
+    return fake_model([REPLY, "A second answer."])
 
 
 @pytest.fixture
@@ -19,22 +25,124 @@ def app(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return AppTest.from_file(APP, default_timeout=30)
 
 
-def test_sign_in_chat_and_find_the_conversation(app: AppTest, client: httpx.Client) -> None:
-    register(client, "streamlit-user", "streamlit-pw")
+def signed_in(
+    app: AppTest, client: httpx.Client, username: str = "streamlit-user"
+) -> dict[str, str]:
+    headers = register(client, username, "streamlit-pw")
     app.run()
-    assert app.title[0].value == "ragstream"
-    app.text_input[0].input("streamlit-user")
+    app.text_input[0].input(username)
     app.text_input[1].input("streamlit-pw")
     app.button[0].click().run()
-    assert not app.exception
-    assert app.session_state.token
+    assert not app.exception, app.exception
+    return headers
 
-    app.chat_input[0].set_value("Hello app").run()
-    assert not app.exception
+
+def ask(app: AppTest, text: str) -> None:
+    app.chat_input[0].set_value(text).run()
+    assert not app.exception, app.exception
+
+
+def test_sign_in_chat_and_find_the_conversation(app: AppTest, client: httpx.Client) -> None:
+    signed_in(app, client)
+    assert "Signed in as **streamlit-user**" in [m.value for m in app.sidebar.markdown]
+    ask(app, "Hello app")
     shown = [m.markdown[0].value for m in app.chat_message]
-    assert shown == ["Hello app", "Hello there, how can I help?"]
-    # The new conversation is in the sidebar.
-    assert any(button.label.strip("*") == "Hello app" for button in app.sidebar.button)
+    assert shown == ["Hello app", REPLY]
+    assert "▸ Hello app" in [b.label for b in app.sidebar.button]
+    assert any("fake-model" in c.value and "first token" in c.value for c in app.caption)
+
+
+def test_answers_show_their_numbered_sources(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    client.post(
+        "/documents",
+        json={
+            "documents": [
+                {
+                    "id": "ice",
+                    "text": "Glaciers retreat as winters warm.",
+                    "metadata": {"title": "Ice report"},
+                }
+            ]
+        },
+        headers=headers,
+    )
+    app.slider(key="rag_alpha").set_value(0.0).run()
+    ask(app, "Why do glaciers retreat?")
+    expanders = [e.label for e in app.expander]
+    assert "Sources (1)" in expanders
+    assert any(m.value.startswith("**[1] Ice report · score") for m in app.markdown)
+
+
+def test_a_bad_filter_is_shown_next_to_the_editor(app: AppTest, client: httpx.Client) -> None:
+    signed_in(app, client)
+    app.text_area(key="f_json").input('{"year": {"$gt": "2010"}}').run()
+    ask(app, "Anything")
+    errors = [e.value for e in app.error]
+    assert any("filter.year.$gt: expected a number" in e for e in errors)
+    # Nothing was stored for the refused question.
+    assert client.get("/conversations", headers=register(client)).json()["count"] == 0
+
+
+def test_rows_of_the_filter_editor_become_a_filter(
+    app: AppTest, client: httpx.Client, server: LiveServer
+) -> None:
+    headers = signed_in(app, client)
+    client.post(
+        "/documents",
+        json={
+            "documents": [
+                {"id": "a", "text": "Glaciers in 2010.", "metadata": {"year": 2010}},
+                {"id": "b", "text": "Glaciers in 2020.", "metadata": {"year": 2020}},
+            ]
+        },
+        headers=headers,
+    )
+    app.slider(key="rag_alpha").set_value(0.0).run()
+    app.text_input(key="f_field_0").input("year")
+    app.selectbox(key="f_op_0").set_value("≥")
+    app.text_input(key="f_value_0").input("2015").run()
+    ask(app, "glaciers")
+    system = server.components.models.default.chat.prompts[-1][0].text
+    assert "Glaciers in 2020." in system and "Glaciers in 2010." not in system
+
+
+def test_feedback_and_regenerate(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    ask(app, "Rate this")
+    app.button(
+        key=next(b.key for b in app.button if b.key and b.key.startswith("up-"))
+    ).click().run()
+    conversation_id = client.get("/conversations", headers=headers).json()["data"][0]["id"]
+    messages = client.get(f"/conversations/{conversation_id}", headers=headers).json()["messages"]
+    assert messages[1]["feedback"]["rating"] == 1
+
+    app.button(key="regenerate").click().run()
+    assert not app.exception, app.exception
+    detail = client.get(f"/conversations/{conversation_id}", headers=headers).json()
+    assert [m["content"] for m in detail["messages"]] == ["Rate this", REPLY, "A second answer."]
+    assert [m.markdown[0].value for m in app.chat_message][-1] == "A second answer."
+
+
+def test_rename_and_delete_with_confirmation(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    ask(app, "Keep or delete")
+    app.text_input(key="rename_title").input("Renamed")
+    app.button(key="rename").click().run()
+    assert client.get("/conversations", headers=headers).json()["data"][0]["title"] == "Renamed"
+    assert app.button(key="delete").disabled  # not without the confirmation
+    app.checkbox(key="confirm_delete").check().run()
+    app.button(key="delete").click().run()
+    assert client.get("/conversations", headers=headers).json()["count"] == 0
+
+
+def test_an_expired_session_leads_back_to_sign_in(app: AppTest, client: httpx.Client) -> None:
+    signed_in(app, client)
+    app.session_state.token = "expired.token.value"
+    app.run()
+    assert not app.exception
+    assert app.title[0].value == "ragstream"
+    assert "session has expired" in app.warning[0].value
 
 
 def test_a_wrong_password_is_shown_not_raised(app: AppTest, client: httpx.Client) -> None:
