@@ -66,7 +66,7 @@ def sign_in() -> None:
 # --- sidebar: conversations and retrieval controls -------------------------------------
 def conversations_panel() -> None:
     st.sidebar.header("Conversations")
-    if st.sidebar.button("＋ New conversation", use_container_width=True):
+    if st.sidebar.button("+ New conversation", use_container_width=True):
         state.conversation_id = None
         st.rerun()
     for conversation in client.conversations():
@@ -169,15 +169,14 @@ def show_sources(sources: list[dict[str, Any]]) -> None:
 
 def show_feedback(message: dict[str, Any]) -> None:
     given = message.get("feedback")
-    up, down, note = st.columns([1, 1, 8])
-    if up.button("👍", key=f"up-{message['id']}", help="Good answer"):
-        client.feedback(message["id"], 1, state.get(f"comment-{message['id']}") or None)
-        st.toast("Thanks for the feedback")
-    if down.button("👎", key=f"down-{message['id']}", help="Bad answer"):
-        client.feedback(message["id"], -1, state.get(f"comment-{message['id']}") or None)
-        st.toast("Thanks for the feedback")
+    up, down, note = st.columns([1, 1, 3])
+    for column, rating, label, icon in ((up, 1, "Good", "👍"), (down, -1, "Bad", "👎")):
+        key = f"{'up' if rating > 0 else 'down'}-{message['id']}"
+        if column.button(label, key=key, icon=icon, help=f"Rate this answer: {label.lower()}"):
+            client.feedback(message["id"], rating, state.get(f"comment-{message['id']}") or None)
+            st.rerun()  # show the rating as stored
     with note.popover("Comment"):
-        st.text_input("Comment (sent with 👍 or 👎)", key=f"comment-{message['id']}")
+        st.text_input("Comment (sent with Good or Bad)", key=f"comment-{message['id']}")
     if given:
         st.caption(f"You rated this {'👍' if given['rating'] > 0 else '👎'}")
 

@@ -1,0 +1,130 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright, the Streamlit app
+started as `streamlit run`, the backend on 127.0.0.1. Screenshots of the main states go to
+test-artifacts/ (not committed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import LiveServer, _free_port, fake_model
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REPLY = "Glaciers retreat because winters warm [1]."
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian's chromium is not installed (scripts/test.sh installs it)",
+)
+
+
+@pytest.fixture
+def model():  # type: ignore[no-untyped-def]
+    return fake_model([REPLY])
+
+
+@pytest.fixture
+def frontend(server: LiveServer) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "BACKEND_URL": server.url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "frontend/app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def page(frontend: str) -> Iterator:  # type: ignore[type-arg]
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def test_sign_up_ask_see_sources_give_feedback_and_find_it_again(
+    page, frontend: str, server: LiveServer, client: httpx.Client
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.goto(frontend)
+    page.get_by_role("tab", name="Create account").click()
+    page.get_by_label("Username", exact=True).last.fill("browser-user")
+    page.get_by_label("Password (8 characters or more)").fill("browser-password")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "1-signed-in.png")
+
+    token = client.post(
+        "/auth/token", data={"username": "browser-user", "password": "browser-password"}
+    )
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    client.post(
+        "/documents",
+        json={
+            "documents": [
+                {
+                    "id": "ice",
+                    "text": "Glaciers retreat because winters warm.",
+                    "metadata": {"title": "Ice report"},
+                }
+            ]
+        },
+        headers=headers,
+    )
+
+    page.get_by_test_id("stChatInputTextArea").fill("Why do glaciers retreat?")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text(REPLY).first).to_be_visible()
+    page.get_by_text("Sources (1)").click()
+    expect(page.get_by_text("[1] Ice report")).to_be_visible()
+    page.wait_for_timeout(500)  # let the expander finish opening
+    page.screenshot(path=ARTIFACTS / "2-answer-with-sources.png", full_page=True)
+
+    page.get_by_role("button", name="Good").click()
+    expect(page.get_by_text("You rated this 👍")).to_be_visible()
+    conversation = client.get("/conversations", headers=headers).json()["data"][0]
+    stored = client.get(f"/conversations/{conversation['id']}", headers=headers).json()["messages"]
+    assert stored[1]["feedback"]["rating"] == 1
+
+    # A reload is a new session: sign in again and the conversation is there.
+    page.reload()
+    page.get_by_label("Username", exact=True).first.fill("browser-user")
+    page.get_by_label("Password", exact=True).first.fill("browser-password")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Why do glaciers retreat?").click()
+    expect(page.get_by_text(REPLY).first).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "3-after-reload.png", full_page=True)
