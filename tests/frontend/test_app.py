@@ -164,3 +164,37 @@ def test_an_unreachable_backend_is_a_message(monkeypatch: pytest.MonkeyPatch) ->
     app.button[0].click().run()
     assert not app.exception
     assert "unreachable" in app.error[0].value
+
+
+def test_documents_are_listed_and_deleted(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    client.post(
+        "/documents",
+        json={
+            "documents": [
+                {
+                    "id": "handbook",
+                    "text": "Expenses are due in 30 days.",
+                    "metadata": {"title": "Handbook"},
+                }
+            ]
+        },
+        headers=headers,
+    )
+    app.run()
+    assert "Your documents (1)" in [s.value for s in app.subheader]
+    assert any("**Handbook** · private" in m.value for m in app.markdown)
+    app.button(key="del-private-handbook").click().run()
+    assert client.get("/documents", headers=headers).json()["count"] == 0
+    assert "Your documents (0)" in [s.value for s in app.subheader]
+
+
+def test_a_backend_that_goes_away_shows_a_banner_and_a_retry(
+    app: AppTest, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in(app, client)
+    monkeypatch.setenv("BACKEND_URL", "http://127.0.0.1:9")
+    app.run()
+    assert not app.exception
+    assert "unreachable" in app.error[0].value
+    assert "Retry" in [b.label for b in app.button]
