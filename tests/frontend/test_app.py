@@ -50,7 +50,9 @@ def test_sign_in_chat_and_find_the_conversation(app: AppTest, client: httpx.Clie
     assert shown == ["Hello app", REPLY]
     assert "▸ Hello app" in [b.label for b in app.sidebar.button]
     assert any("fake-model" in c.value and "first token" in c.value for c in app.caption)
-    app.sidebar.button(key=next(b.key for b in app.sidebar.button if b.label == "Sign out")).click().run()
+    app.sidebar.button(
+        key=next(b.key for b in app.sidebar.button if b.label == "Sign out")
+    ).click().run()
     assert app.session_state.token is None and app.title[0].value == "ragstream"
 
 
