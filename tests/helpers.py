@@ -183,6 +183,12 @@ def register(
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
+def ingest(client: httpx.Client, headers: dict[str, str], *documents: dict[str, Any]) -> None:
+    """Store documents for the user of `headers` through the API."""
+    response = client.post("/documents", json={"documents": list(documents)}, headers=headers)
+    assert response.status_code == 201, response.text
+
+
 @dataclass
 class StreamResult:
     events: list[tuple[str, dict[str, Any]]]

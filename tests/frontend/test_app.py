@@ -8,7 +8,7 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import LiveServer, fake_model, register
+from tests.helpers import LiveServer, fake_model, ingest, register
 
 APP = str(Path(__file__).resolve().parents[2] / "frontend" / "app.py")
 REPLY = "Glaciers retreat as winters warm [1]."
@@ -58,18 +58,14 @@ def test_sign_in_chat_and_find_the_conversation(app: AppTest, client: httpx.Clie
 
 def test_answers_show_their_numbered_sources(app: AppTest, client: httpx.Client) -> None:
     headers = signed_in(app, client)
-    client.post(
-        "/documents",
-        json={
-            "documents": [
-                {
-                    "id": "ice",
-                    "text": "Glaciers retreat as winters warm.",
-                    "metadata": {"title": "Ice report"},
-                }
-            ]
+    ingest(
+        client,
+        headers,
+        {
+            "id": "ice",
+            "text": "Glaciers retreat as winters warm.",
+            "metadata": {"title": "Ice report"},
         },
-        headers=headers,
     )
     app.slider(key="rag_alpha").set_value(0.0).run()
     ask(app, "Why do glaciers retreat?")
@@ -92,15 +88,11 @@ def test_rows_of_the_filter_editor_become_a_filter(
     app: AppTest, client: httpx.Client, server: LiveServer
 ) -> None:
     headers = signed_in(app, client)
-    client.post(
-        "/documents",
-        json={
-            "documents": [
-                {"id": "a", "text": "Glaciers in 2010.", "metadata": {"year": 2010}},
-                {"id": "b", "text": "Glaciers in 2020.", "metadata": {"year": 2020}},
-            ]
-        },
-        headers=headers,
+    ingest(
+        client,
+        headers,
+        {"id": "a", "text": "Glaciers in 2010.", "metadata": {"year": 2010}},
+        {"id": "b", "text": "Glaciers in 2020.", "metadata": {"year": 2020}},
     )
     app.slider(key="rag_alpha").set_value(0.0).run()
     app.text_input(key="f_field_0").input("year")
@@ -172,18 +164,14 @@ def test_an_unreachable_backend_is_a_message(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_documents_are_listed_and_deleted(app: AppTest, client: httpx.Client) -> None:
     headers = signed_in(app, client)
-    client.post(
-        "/documents",
-        json={
-            "documents": [
-                {
-                    "id": "handbook",
-                    "text": "Expenses are due in 30 days.",
-                    "metadata": {"title": "Handbook"},
-                }
-            ]
+    ingest(
+        client,
+        headers,
+        {
+            "id": "handbook",
+            "text": "Expenses are due in 30 days.",
+            "metadata": {"title": "Handbook"},
         },
-        headers=headers,
     )
     app.run()
     assert "Your documents (1)" in [s.value for s in app.subheader]

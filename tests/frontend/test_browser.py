@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, _free_port, fake_model
+from tests.helpers import LiveServer, _free_port, fake_model, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -92,18 +92,14 @@ def test_sign_up_ask_see_sources_give_feedback_and_find_it_again(
         "/auth/token", data={"username": "browser-user", "password": "browser-password"}
     )
     headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-    client.post(
-        "/documents",
-        json={
-            "documents": [
-                {
-                    "id": "ice",
-                    "text": "Glaciers retreat because winters warm.",
-                    "metadata": {"title": "Ice report"},
-                }
-            ]
+    ingest(
+        client,
+        headers,
+        {
+            "id": "ice",
+            "text": "Glaciers retreat because winters warm.",
+            "metadata": {"title": "Ice report"},
         },
-        headers=headers,
     )
 
     page.get_by_test_id("stChatInputTextArea").fill("Why do glaciers retreat?")
