@@ -86,6 +86,7 @@ async def build_documents(
     *,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
+    metrics: Metrics | None = None,
 ) -> DocumentService:
     """The knowledge base: embeddings, BM25 encoder, vector store, retriever, documents."""
     if embeddings is None:
@@ -102,7 +103,9 @@ async def build_documents(
         fusion=settings.retrieval_fusion,
         candidates=settings.retrieval_candidates,
     )
-    documents = DocumentService(settings=settings, sessions=sessions, retriever=retriever)
+    documents = DocumentService(
+        settings=settings, sessions=sessions, retriever=retriever, metrics=metrics
+    )
     try:
         await documents.load_stats()
     except BaseException:
@@ -126,7 +129,9 @@ async def build_components(
     sessions = session_factory(engine)
     try:
         router = ModelRouter(models, settings=settings) if models else build_models(settings)
-        documents = await build_documents(settings, sessions, embeddings=embeddings, store=store)
+        documents = await build_documents(
+            settings, sessions, embeddings=embeddings, store=store, metrics=metrics
+        )
     except BaseException:
         await engine.dispose()
         raise

@@ -29,6 +29,7 @@ from httpx_sse import aconnect_sse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers import free_port  # noqa: E402
 from tests.upstream import Scenario, Upstream  # noqa: E402
 
 
@@ -64,14 +65,6 @@ class TimedUpstream(Upstream):
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(int(len(ordered) * 0.95) - 1, 0)]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def one_stream(

@@ -142,7 +142,7 @@ class LiveServer:
         return self.app.state.components
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -151,7 +151,7 @@ def _free_port() -> int:
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[LiveServer]:
     """Serve `app` with a real uvicorn on 127.0.0.1 in a thread, until the block ends."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from backend.settings import Settings
-from tests.helpers import _free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -83,7 +83,7 @@ def run_image_command(
     env, cmd, health = dockerfile(name)
     env = {k: v.replace("$PATH", os.environ["PATH"]) for k, v in env.items()}
     env["PATH"] = f"{BIN}:{os.environ['PATH']}"
-    full = {**os.environ, **env, "PORT": str(_free_port()), "DATA_DIR": str(tmp_path), **overrides}
+    full = {**os.environ, **env, "PORT": str(free_port()), "DATA_DIR": str(tmp_path), **overrides}
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

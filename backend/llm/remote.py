@@ -27,34 +27,27 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     model = spec.model
     if not spec.base_url and not settings.hf_token:
         raise RuntimeError(f"model {spec.name!r}: the Hugging Face router needs HF_TOKEN.")
+    common = {
+        "huggingfacehub_api_token": settings.hf_token,
+        "task": "text-generation",
+        "max_new_tokens": settings.max_tokens_default,
+        "temperature": settings.temperature_default,
+        "timeout": int(_timeout(settings).read or 120),
+        "streaming": True,
+    }
     if spec.base_url:
         # langchain-huggingface sends HF_TOKEN only to Hugging Face hosts (dedicated
         # endpoints); a self-hosted TGI that wants a key gets LLM_API_KEY instead.
-        headers = (
-            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
-        )
+        key = settings.llm_api_key
         llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
             endpoint_url=spec.base_url,
-            huggingfacehub_api_token=settings.hf_token,
-            task="text-generation",
-            max_new_tokens=settings.max_tokens_default,
-            temperature=settings.temperature_default,
-            timeout=int(_timeout(settings).read or 120),
-            streaming=True,
-            server_kwargs={"headers": headers} if headers else {},
+            server_kwargs={"headers": {"Authorization": f"Bearer {key}"}} if key else {},
+            **common,
         )
     else:
         if not (settings.hf_token or "").startswith("hf_"):
             raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
-        llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
-            repo_id=model,
-            huggingfacehub_api_token=settings.hf_token,
-            task="text-generation",
-            max_new_tokens=settings.max_tokens_default,
-            temperature=settings.temperature_default,
-            timeout=int(_timeout(settings).read or 120),
-            streaming=True,
-        )
+        llm = HuggingFaceEndpoint(repo_id=model, **common)  # type: ignore[call-arg]
     chat = ChatHuggingFace(llm=llm, stream_usage=True)
     if model:
         # With an endpoint URL the client would send model "dummy" (or the URL): name the

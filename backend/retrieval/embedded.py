@@ -378,25 +378,6 @@ class EmbeddedVectorStore:
     def namespaces(self) -> list[str]:
         return sorted(name for name, space in self._namespaces.items() if space.live)
 
-    def fetch_sync(self, ids: Sequence[str], *, namespace: str) -> list[Record]:
-        with self._lock:
-            space = self._namespaces.get(namespace)
-            if space is None:
-                return []
-            found = []
-            for record_id in ids:
-                row = space.rows.get(record_id)
-                if row is not None:
-                    found.append(
-                        Record(
-                            record_id,
-                            space.dense[row].tolist(),
-                            space._sparse_of(row),
-                            dict(space.metadata[row] or {}),
-                        )
-                    )
-            return found
-
     async def close(self) -> None:
         with self._lock:
             if self._db is not None:

@@ -21,9 +21,8 @@ from backend.llm import ChatModelHandle, ModelRouter
 from backend.llm.errors import ModelFailure
 from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
 from backend.metrics import Metrics
-from backend.retrieval.filters import FilterError, validate_filter
 from backend.retrieval.retriever import Passage
-from backend.services.documents import DocumentService, Scope
+from backend.services.documents import DocumentService, Scope, checked_filter
 from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
 from backend.settings import Settings
 
@@ -145,13 +144,8 @@ class ChatService:
             )
         params = self._params(options)
         models = self.models.choose(options.model, message)
-        if options.retrieval.enabled and options.retrieval.filter is not None:
-            try:
-                validate_filter(options.retrieval.filter)
-            except FilterError as exc:
-                raise InvalidInput(
-                    f"{exc.path}: {exc.message}", field=("body", "retrieval", "filter")
-                ) from exc
+        if options.retrieval.enabled:
+            checked_filter(options.retrieval.filter, ("body", "retrieval", "filter"))
         system = system_prompt or self.settings.system_prompt
         # Refuse a message that cannot fit before anything is stored.
         build_prompt(
@@ -244,13 +238,8 @@ class ChatService:
             )
         question = branch[questions[-1]]
         models = self.models.choose(options.model, question.content)
-        if options.retrieval.enabled and options.retrieval.filter is not None:
-            try:
-                validate_filter(options.retrieval.filter)
-            except FilterError as exc:
-                raise InvalidInput(
-                    f"{exc.path}: {exc.message}", field=("body", "retrieval", "filter")
-                ) from exc
+        if options.retrieval.enabled:
+            checked_filter(options.retrieval.filter, ("body", "retrieval", "filter"))
         return ChatTurn(
             service=self,
             conversation_id=conversation.id,
@@ -304,7 +293,6 @@ class ChatService:
             return []
         finally:
             answer.retrieval_ms = (time.perf_counter() - started) * 1000
-            self.metrics.retrieval_seconds.observe(answer.retrieval_ms / 1000)
         return found.passages
 
     def _prompt(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.db import repository
 from backend.db.models import Document, User, utcnow
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError, Unavailable
+from backend.metrics import Metrics
 from backend.retrieval.bm25 import CorpusDelta, TermCounts
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.filters import FilterError, validate_filter
@@ -36,6 +37,17 @@ Scope = Literal["private", "shared"]
 SHARED_NAMESPACE = "shared"
 RESERVED_KEYS = frozenset({TEXT_KEY, DOCUMENT_KEY, "chunk_index", "chunk_start", "source"})
 MAX_METADATA_BYTES = 8_192  # per document; each chunk adds its text (Pinecone: 40 KB a record)
+
+
+def checked_filter(filter_: Any, field: tuple[str, ...]) -> Any:
+    """`filter_` if well-formed, else a 422 naming the offending path (`field` says where
+    the filter sits in the request)."""
+    if filter_ is not None:
+        try:
+            validate_filter(filter_)
+        except FilterError as exc:
+            raise InvalidInput(f"{exc.path}: {exc.message}", field=field) from exc
+    return filter_
 
 
 def private_namespace(user_id: str) -> str:
@@ -103,8 +115,10 @@ class DocumentService:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         retriever: HybridRetriever,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.sessions = sessions
         self.retriever = retriever
         self.store = retriever.store
@@ -393,16 +407,10 @@ class DocumentService:
         alpha: float | None,
         field_prefix: tuple[str, ...] = ("body",),
     ) -> SearchResult:
-        if filter_ is not None:
-            try:
-                validate_filter(filter_)
-            except FilterError as exc:
-                raise InvalidInput(
-                    f"{exc.path}: {exc.message}", field=(*field_prefix, "filter")
-                ) from exc
+        checked_filter(filter_, (*field_prefix, "filter"))
         await self._refresh_stats()
         try:
-            return await self.retriever.search(
+            result = await self.retriever.search(
                 query,
                 namespaces=self.readable_namespaces(user, scopes),
                 top_k=top_k or self.settings.retrieval_top_k,
@@ -412,3 +420,5 @@ class DocumentService:
         except Exception as exc:
             log.exception("search failed")
             raise Unavailable("the vector store could not be searched; try again") from exc
+        self.metrics.retrieval_seconds.observe(result.timings["total_ms"] / 1000)
+        return result

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, _free_port, fake_model, ingest
+from tests.helpers import LiveServer, fake_model, free_port, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -35,7 +35,7 @@ def model():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def frontend(server: LiveServer) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "BACKEND_URL": server.url}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "frontend/app.py", "--server.port", str(port),

@@ -155,7 +155,6 @@ async def search(
         top_k=body.top_k,
         alpha=body.alpha,
     )
-    components.metrics.retrieval_seconds.observe(result.timings["total_ms"] / 1000)
     return SearchResponse(
         results=[SourcePublic(**p.as_source()) for p in result.passages], timings=result.timings
     )
