@@ -11,11 +11,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db.engine import create_engine, migrate, session_factory
-from backend.llm import ChatModelHandle, ModelRouter, build_models
+from backend.llm import ChatModelHandle, ModelCatalog, build_models
 from backend.metrics import Metrics
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
+from backend.services.answers import AnswerRecorder
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
 from backend.settings import Settings
@@ -28,7 +29,7 @@ class Components:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    models: ModelRouter
+    models: ModelCatalog
     store: VectorStore
     documents: DocumentService
     metrics: Metrics
@@ -68,8 +69,9 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
             return EmbeddedVectorStore(settings.data_dir / "vectors.sqlite3", dimension=dimension)
 
 
-async def open_history(settings: Settings) -> AsyncEngine:
-    """The history store's engine, migrated to the newest schema."""
+async def open_database(settings: Settings) -> AsyncEngine:
+    """The database's engine (users, conversations, documents...), migrated to the newest
+    schema."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     try:
@@ -122,13 +124,13 @@ async def build_components(
     store: VectorStore | None = None,
     metrics: Metrics | None = None,
 ) -> Components:
-    """Connect and migrate the history store, load the models, open the vector store.
+    """Connect and migrate the database, load the models, open the vector store.
     Tests may hand in the chat models (in fallback order), the embeddings or the store."""
     metrics = metrics or Metrics()
-    engine = await open_history(settings)
+    engine = await open_database(settings)
     sessions = session_factory(engine)
     try:
-        router = ModelRouter(models, settings=settings) if models else build_models(settings)
+        catalog = ModelCatalog(models, settings=settings) if models else build_models(settings)
         documents = await build_documents(
             settings, sessions, embeddings=embeddings, store=store, metrics=metrics
         )
@@ -136,24 +138,24 @@ async def build_components(
         await engine.dispose()
         raise
     log.info(
-        "history store: %s; chat models: %s; vector store: %s",
+        "database: %s; chat models: %s; vector store: %s",
         engine.url.render_as_string(hide_password=True),
-        ", ".join(f"{h.name} ({h.provider})" for h in router.handles),
+        ", ".join(f"{h.name} ({h.provider})" for h in catalog.handles),
         settings.resolved_vector_store,
     )
     return Components(
         settings=settings,
         engine=engine,
         sessions=sessions,
-        models=router,
+        models=catalog,
         store=documents.store,
         documents=documents,
         metrics=metrics,
         chat_service=ChatService(
             settings=settings,
             sessions=sessions,
-            models=router,
+            models=catalog,
             documents=documents,
-            metrics=metrics,
+            recorder=AnswerRecorder(sessions=sessions, metrics=metrics),
         ),
     )

@@ -30,8 +30,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "instance": self.instance,
         }
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id  # type: ignore[attr-defined]
+        if request_id := getattr(record, "request_id", None):
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

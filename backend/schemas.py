@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backend.services.turns import ChatOptions, RetrievalOptions
+
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -60,11 +62,6 @@ class ConversationPublic(BaseModel):
 class ConversationsPublic(BaseModel):
     data: list[ConversationPublic]
     count: int
-
-
-class Usage(BaseModel):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
 
 
 class FeedbackIn(BaseModel):
@@ -126,13 +123,11 @@ class RetrievalRequest(BaseModel):
     )
 
 
-class ChatRequest(BaseModel):
+class GenerationOptions(BaseModel):
+    """How to answer: the options /chat, regenerate and /v1 share."""
+
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(description="The user's message (not blank).")
-    conversation_id: str | None = Field(
-        None, description="Continue this conversation; new if absent."
-    )
     model: str | None = Field(None, description="A model from `GET /models`; default if absent.")
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -142,13 +137,6 @@ class ChatRequest(BaseModel):
     )
     retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
 
-    @field_validator("message")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("message must not be empty")
-        return value
-
     @field_validator("stop")
     @classmethod
     def _stop_sequences(cls, value: list[str] | None) -> list[str] | None:
@@ -156,15 +144,33 @@ class ChatRequest(BaseModel):
             raise ValueError("stop sequences must be 1-64 characters")
         return value
 
+    def options(self) -> ChatOptions:
+        return ChatOptions(
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop,
+            retrieval=RetrievalOptions(**self.retrieval.model_dump()),
+        )
 
-class RegenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
+class ChatRequest(GenerationOptions):
+    message: str = Field(description="The user's message (not blank).")
+    conversation_id: str | None = Field(
+        None, description="Continue this conversation; new if absent."
+    )
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be empty")
+        return value
+
+
+class RegenerateRequest(GenerationOptions):
+    pass
 
 
 class ChatResponse(BaseModel):

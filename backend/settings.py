@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None,
-        description="SQLAlchemy URL of the history store; default: SQLite file in DATA_DIR. "
+        description="SQLAlchemy URL of the database; default: SQLite file in DATA_DIR. "
         "`postgresql://...` URLs use the asyncpg driver.",
     )
 
@@ -195,11 +195,6 @@ class Settings(BaseSettings):
         15, ge=1, description="Keep-alive comment interval on idle SSE streams."
     )
 
-    # --- frontend ----------------------------------------------------------------------------
-    backend_url: str = Field(
-        "http://127.0.0.1:8000", description="Where the Streamlit app finds the backend."
-    )
-
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.environment != "development" and self.secret_key == DEFAULT_SECRET_KEY:
@@ -253,7 +248,7 @@ class Settings(BaseSettings):
             model = "meta-llama/Meta-Llama-3-8B-Instruct"
         return [
             ModelSpec(
-                provider=provider,  # type: ignore[arg-type]
+                provider=provider,
                 model=model,
                 base_url=self.llm_base_url,
                 context_window=None,

@@ -1,7 +1,7 @@
 """Time to first token and tokens/s of the bundled SmolLM2: called directly, and through
 `POST /chat/stream` on a real uvicorn server (same prompt, same settings).
 
-    .venv/bin/python bench/local_model_stream.py [--runs 10] [--max-tokens 128]
+    .venv/bin/python -m bench.local_model_stream [--runs 10] [--max-tokens 128]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import httpx
 from httpx_sse import aconnect_sse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from backend.app import create_app
@@ -29,7 +27,7 @@ from tests.helpers import fake_embeddings, live_server, make_settings, register
 QUESTION = "Explain in a few sentences why the sky is blue."
 
 
-async def direct(handle, settings, max_tokens: int) -> tuple[float, int, float]:  # type: ignore[no-untyped-def]
+async def direct(handle, settings, max_tokens: int) -> tuple[float, int, float]:
     prompt = build_prompt(
         system=settings.system_prompt,
         history=[],
@@ -44,6 +42,7 @@ async def direct(handle, settings, max_tokens: int) -> tuple[float, int, float]:
             tokens += 1
             first = first or time.perf_counter()
     end = time.perf_counter()
+    assert first is not None, "the model said nothing"
     return (first - started) * 1000, tokens, tokens / (end - first)
 
 
@@ -65,6 +64,7 @@ async def through_api(
                     tokens += 1
                     first = first or time.perf_counter()
         end = time.perf_counter()
+    assert first is not None, "the API streamed no token"
     return (first - started) * 1000, tokens, tokens / (end - first)
 
 

@@ -6,7 +6,7 @@ The upstream is a loopback OpenAI-compatible server (tests/upstream.py) that ans
 once and then emits tokens at a fixed pace; the backend runs as its own process
 (`python -m backend`), as in production.
 
-    .venv/bin/python bench/remote_overhead.py [--concurrency 1,50] [--tokens 200]
+    .venv/bin/python -m bench.remote_overhead [--concurrency 1,50] [--tokens 200]
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from pathlib import Path
 import httpx
 from httpx_sse import aconnect_sse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.helpers import free_port
+from tests.upstream import Scenario, Upstream
 
-from tests.helpers import free_port  # noqa: E402
-from tests.upstream import Scenario, Upstream  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class TimedUpstream(Upstream):
@@ -43,7 +42,7 @@ class TimedUpstream(Upstream):
         self.lock = threading.Lock()
         self.app.add_route("/stats", self.stats, methods=["POST"])
 
-    async def stats(self, _request):  # type: ignore[no-untyped-def]
+    async def stats(self, _request):
         """The first-token times since the last call (and forget them)."""
         from starlette.responses import JSONResponse
 
@@ -51,7 +50,7 @@ class TimedUpstream(Upstream):
             times, self.first_token_ms = self.first_token_ms, []
         return JSONResponse(times)
 
-    async def _events(self, s, model, include_usage):  # type: ignore[no-untyped-def]
+    async def _events(self, s, model, include_usage):
         started = time.perf_counter()
         first = True
         async for chunk in super()._events(s, model, include_usage):
@@ -69,7 +68,7 @@ def p95(values: list[float]) -> float:
 
 async def one_stream(
     url: str, headers: dict[str, str], max_tokens: int
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     body = {
         "message": "Benchmark question",
         "max_tokens": max_tokens,
@@ -98,7 +97,7 @@ async def one_stream(
 
 async def run(
     url: str, headers: dict[str, str], concurrency: int, max_tokens: int
-) -> list[tuple[float, float, int]]:
+) -> list[tuple[float, float, int, float]]:
     return await asyncio.gather(*(one_stream(url, headers, max_tokens) for _ in range(concurrency)))
 
 

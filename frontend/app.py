@@ -8,33 +8,39 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from frontend.client import BackendClient, BackendError, StreamedAnswer
 
-BACKEND_URL = os.environ.get("BACKEND_URL", "http://127.0.0.1:8000")
+DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
 OPERATORS = ["=", "≠", ">", "≥", "<", "≤", "in", "not in", "exists"]
 OPERATOR_CODES = {
     "=": "$eq", "≠": "$ne", ">": "$gt", "≥": "$gte", "<": "$lt", "≤": "$lte",
     "in": "$in", "not in": "$nin", "exists": "$exists",
 }  # fmt: skip
 
-st.set_page_config(page_title="ragstream", page_icon="💬", layout="wide")
-state = st.session_state
-state.setdefault("token", None)
-state.setdefault("conversation_id", None)
-state.setdefault("filter_error", None)
-state.setdefault("notice", None)
-client = BackendClient(BACKEND_URL, state.token)
+
+def session_client() -> BackendClient:
+    """This browser session's client (one HTTP connection pool per session), holding the
+    session's current token."""
+    state = st.session_state
+    for key in ("token", "conversation_id", "filter_error", "notice"):
+        state.setdefault(key, None)
+    url = os.environ.get("BACKEND_URL", DEFAULT_BACKEND_URL).rstrip("/")
+    if "client" not in state or state.client.base_url != url:
+        if "client" in state:
+            state.client.close()
+        state.client = BackendClient(url)
+    client: BackendClient = state.client
+    client.token = state.token
+    return client
 
 
 # --- signing in ----------------------------------------------------------------------------
-def sign_in() -> None:
+def sign_in(client: BackendClient) -> None:
+    state = st.session_state
     st.title("ragstream")
     st.caption("Retrieval-augmented chat. Sign in or create an account.")
     if state.notice:
@@ -64,7 +70,8 @@ def sign_in() -> None:
 
 
 # --- sidebar: conversations and retrieval controls -------------------------------------
-def conversations_panel() -> None:
+def conversations_panel(client: BackendClient) -> None:
+    state = st.session_state
     st.sidebar.header("Conversations")
     if st.sidebar.button("+ New conversation", use_container_width=True):
         state.conversation_id = None
@@ -105,6 +112,7 @@ def _value(text: str) -> Any:
 
 def retrieval_panel() -> dict[str, Any]:
     """The retrieval options of the next answer, as the API takes them."""
+    state = st.session_state
     with st.sidebar.expander("Retrieval", expanded=False):
         enabled = st.toggle("Search my documents", value=True, key="rag_on")
         spaces = st.multiselect(
@@ -167,7 +175,8 @@ def show_sources(sources: list[dict[str, Any]]) -> None:
             st.caption(source["text"])
 
 
-def show_feedback(message: dict[str, Any]) -> None:
+def show_feedback(client: BackendClient, message: dict[str, Any]) -> None:
+    state = st.session_state
     given = message.get("feedback")
     up, down, note = st.columns([1, 1, 3])
     for column, rating, label, icon in ((up, 1, "Good", "👍"), (down, -1, "Bad", "👎")):
@@ -192,7 +201,8 @@ def show_answer_footer(model: str | None, status: str, timings: dict[str, Any] |
     st.caption(" · ".join(parts))
 
 
-def history() -> list[dict[str, Any]]:
+def history(client: BackendClient) -> list[dict[str, Any]]:
+    state = st.session_state
     if not state.conversation_id:
         return []
     detail = client.conversation(state.conversation_id)
@@ -206,15 +216,14 @@ def stream_answer(tokens: Any, answer: StreamedAnswer) -> None:
     st.write_stream(tokens)
     if answer.error:
         st.error(answer.error["message"])
-        if "filter" in answer.error["message"]:
-            state.filter_error = answer.error["message"]
     elif answer.done:
         show_answer_footer(answer.meta.get("model"), "complete", answer.done.get("timings"))
     show_sources(answer.sources)
 
 
-def chat(options: dict[str, Any]) -> None:
-    messages = history()
+def chat(client: BackendClient, options: dict[str, Any]) -> None:
+    state = st.session_state
+    messages = history(client)
     if not messages:
         st.info("Ask a question. Answers cite the documents you upload in the Documents tab.")
     for index, message in enumerate(messages):
@@ -223,7 +232,7 @@ def chat(options: dict[str, Any]) -> None:
             if message["role"] == "assistant":
                 show_answer_footer(message["model"], message["status"], message["timings"])
                 show_sources(message.get("sources") or [])
-                show_feedback(message)
+                show_feedback(client, message)
                 if index == len(messages) - 1 and st.button("↻ Regenerate", key="regenerate"):
                     with st.chat_message("assistant"):
                         answer = StreamedAnswer()
@@ -248,17 +257,18 @@ def chat(options: dict[str, Any]) -> None:
                     client.stream_chat(prompt, state.conversation_id, answer, body), answer
                 )
         except BackendError as exc:
-            if exc.status == 422:
-                state.filter_error = exc.message
-                st.error(exc.message)
-                return
-            raise
+            if exc.status != 422:
+                raise
+            if exc.is_about("body", "retrieval", "filter"):
+                state.filter_error = exc.message  # shown again beside the filter editor
+            st.error(exc.message)
+            return
         state.conversation_id = answer.meta.get("conversation_id", state.conversation_id)
         st.rerun()
 
 
 # --- documents -----------------------------------------------------------------------------
-def documents() -> None:
+def documents(client: BackendClient) -> None:
     with st.form("upload", clear_on_submit=True):
         file = st.file_uploader("Add a document (.txt, .md, .html, .pdf)",
                                 type=["txt", "md", "markdown", "html", "htm", "pdf"])  # fmt: skip
@@ -293,11 +303,14 @@ def documents() -> None:
 
 # --- page ----------------------------------------------------------------------------------
 def main() -> None:
+    st.set_page_config(page_title="ragstream", page_icon="💬", layout="wide")
+    client = session_client()
+    state = st.session_state
     if state.token is None:
-        sign_in()
+        sign_in(client)
         return
     try:
-        me = client._request("GET", "/auth/me")
+        me = client.me()
         st.sidebar.markdown(f"Signed in as **{me['username']}**")
         if st.sidebar.button("Sign out"):
             state.token, state.conversation_id = None, None
@@ -305,13 +318,13 @@ def main() -> None:
         models = [m["id"] for m in client.models()]
         if len(models) > 1:
             st.sidebar.selectbox("Model", models, key="model")
-        conversations_panel()
+        conversations_panel(client)
         options = retrieval_panel()
         chat_tab, docs_tab = st.tabs(["Chat", "Documents"])
         with chat_tab:
-            chat(options)
+            chat(client, options)
         with docs_tab:
-            documents()
+            documents(client)
     except BackendError as exc:
         if exc.status == 401:
             state.token, state.conversation_id = None, None

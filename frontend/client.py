@@ -12,24 +12,38 @@ from httpx_sse import connect_sse
 
 
 class BackendError(Exception):
-    """The backend refused the request or could not be reached; `message` is for people."""
+    """The backend refused the request or could not be reached; `message` is for people,
+    `locations` (of a 422) say which request fields were refused."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        locations: list[tuple[str | int, ...]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.locations = locations or []
 
+    def is_about(self, *field: str | int) -> bool:
+        """Whether a refused field is `field` or lies inside it."""
+        return any(loc[: len(field)] == field for loc in self.locations)
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        return response.text or response.reason_phrase
-    if isinstance(detail, list):  # validation errors: "field: message"
-        return "; ".join(
+    @classmethod
+    def of(cls, response: httpx.Response) -> BackendError:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            return cls(response.text or response.reason_phrase, response.status_code)
+        if not isinstance(detail, list):
+            return cls(str(detail), response.status_code)
+        # Validation errors: "field: message" each, the field without its "body" prefix.
+        message = "; ".join(
             f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail
         )
-    return str(detail)
+        locations = [tuple(d.get("loc", [])) for d in detail]
+        return cls(message, response.status_code, locations)
 
 
 @dataclass
@@ -43,22 +57,27 @@ class StreamedAnswer:
 
 
 class BackendClient:
+    """One per browser session: its connections are kept and reused between requests."""
+
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
-                response = http.request(method, path, headers=self._headers(), **kwargs)
+            response = self.http.request(method, path, headers=self._headers(), **kwargs)
         except httpx.HTTPError as exc:
             raise BackendError(f"The backend at {self.base_url} is unreachable ({exc}).") from exc
         if response.status_code >= 400:
-            raise BackendError(_detail(response), response.status_code)
+            raise BackendError.of(response)
         return response.json() if response.content else None
 
     def register(self, username: str, password: str) -> None:
@@ -70,6 +89,9 @@ class BackendClient:
         )
         self.token = body["access_token"]
         return self.token
+
+    def me(self) -> dict[str, Any]:
+        return self._request("GET", "/auth/me")
 
     def conversations(self) -> list[dict[str, Any]]:
         return self._request("GET", "/conversations", params={"limit": 100})["data"]
@@ -125,24 +147,28 @@ class BackendClient:
 
     def _stream(self, path: str, body: dict[str, Any], answer: StreamedAnswer) -> Iterator[str]:
         try:
-            with httpx.Client(
-                base_url=self.base_url, timeout=httpx.Timeout(self.timeout, read=300)
-            ) as http:
-                with connect_sse(http, "POST", path, json=body, headers=self._headers()) as source:
-                    if source.response.status_code >= 400:
-                        source.response.read()
-                        raise BackendError(_detail(source.response), source.response.status_code)
-                    for event in source.iter_sse():
-                        data = json.loads(event.data)
-                        if event.event == "token":
-                            yield data["text"]
-                        elif event.event == "meta":
-                            answer.meta = data
-                        elif event.event == "sources":
-                            answer.sources = data["sources"]
-                        elif event.event == "done":
-                            answer.done = data
-                        elif event.event == "error":
-                            answer.error = data
+            with connect_sse(
+                self.http,
+                "POST",
+                path,
+                json=body,
+                headers=self._headers(),
+                timeout=httpx.Timeout(self.timeout, read=300),
+            ) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise BackendError.of(source.response)
+                for event in source.iter_sse():
+                    data = json.loads(event.data)
+                    if event.event == "token":
+                        yield data["text"]
+                    elif event.event == "meta":
+                        answer.meta = data
+                    elif event.event == "sources":
+                        answer.sources = data["sources"]
+                    elif event.event == "done":
+                        answer.done = data
+                    elif event.event == "error":
+                        answer.error = data
         except httpx.HTTPError as exc:
             raise BackendError(f"The connection to the backend broke ({exc}).") from exc

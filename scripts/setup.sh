@@ -29,3 +29,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -r "$requirements"
   touch "$stamp"
 fi
+# The project itself, editable: `backend` and `frontend` import from anywhere (bench/, tests).
+if ! .venv/bin/python -c 'import importlib.metadata as m; m.distribution("ragstream")' 2>/dev/null; then
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: install everything, make PostgreSQL available, lint, run the tests.
+# The test command: install everything, make PostgreSQL available, lint, type-check, test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
@@ -20,4 +20,5 @@ fi
 
 .venv/bin/ruff check backend frontend tests bench
 .venv/bin/ruff format --check backend frontend tests bench
+.venv/bin/mypy  # files and options: [tool.mypy] in pyproject.toml
 .venv/bin/python -m pytest "$@"

@@ -7,9 +7,12 @@ import os
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +20,7 @@ import pytest
 from backend.llm import ChatModelHandle
 from tests.helpers import (
     LiveServer,
+    Serve,
     build_app,
     create_database,
     drop_database,
@@ -65,13 +69,30 @@ def model() -> ChatModelHandle:
 
 
 @pytest.fixture
-def server(tmp_path: Path, sqlite_url: str, model: ChatModelHandle) -> Iterator[LiveServer]:
-    """A real uvicorn server on SQLite with the fake model (override `model` to change it)."""
-    with live_server(build_app(tmp_path, sqlite_url, model=model)) as live:
-        yield live
+def serve(tmp_path: Path, sqlite_url: str) -> Iterator[Serve]:
+    """The one way tests start the backend: `serve(database_url=..., model=..., **settings)`
+    builds an app (SQLite, fake embeddings and the fake model unless told otherwise), serves
+    it with a real uvicorn on 127.0.0.1 and stops it when the test ends. Each server has its
+    own data folder."""
+    with ExitStack() as stack:
+        count = itertools.count()
+
+        def start(*, database_url: str | None = None, **options: Any) -> LiveServer:
+            n = next(count)
+            folder = tmp_path if n == 0 else tmp_path / f"server-{n}"
+            app = build_app(folder, database_url or sqlite_url, **options)
+            return stack.enter_context(live_server(app))
+
+        yield start
 
 
 @pytest.fixture
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        yield http
+def server(serve: Serve, model: ChatModelHandle) -> LiveServer:
+    """A server on SQLite with the fake model (override the `model` fixture to change it)."""
+    return serve(model=model)
+
+
+@pytest.fixture
+def client(server: LiveServer) -> httpx.Client:
+    """A client of `server`."""
+    return server.http

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import uvicorn
@@ -22,6 +22,7 @@ from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from pydantic import Field
+from starlette.applications import Starlette
 
 from backend.app import create_app
 from backend.llm import ChatModelHandle
@@ -83,7 +84,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "sse_ping_seconds": 15,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 async def _admin(admin_url: str, statement: str) -> None:
@@ -132,10 +133,17 @@ def build_app(
     )
 
 
+class Serve(Protocol):
+    """The `serve` fixture: start a backend server for this test."""
+
+    def __call__(self, *, database_url: str | None = None, **options: Any) -> LiveServer: ...
+
+
 @dataclass
 class LiveServer:
     url: str
-    app: FastAPI
+    app: Starlette
+    http: httpx.Client  # a client of this server, closed with it
 
     @property
     def components(self) -> Any:
@@ -149,7 +157,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[LiveServer]:
+def live_server(app: Starlette) -> Iterator[LiveServer]:
     """Serve `app` with a real uvicorn on 127.0.0.1 in a thread, until the block ends."""
     port = free_port()
     server = uvicorn.Server(
@@ -164,8 +172,10 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     if not server.started:
         server.should_exit = True
         raise RuntimeError("the test server did not start (see the log above)")
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            yield LiveServer(url=url, app=app, http=http)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -1,28 +1,56 @@
-"""A loopback server speaking Pinecone's data-plane REST API, backed by the embedded store:
-the real `pinecone` SDK talks to it in tests (Pinecone Local is a Docker image)."""
+"""A loopback server speaking Pinecone's data-plane REST API: the real `pinecone` SDK talks
+to it in tests (Pinecone Local is a Docker image). It keeps records in a dict and ranks by
+brute force (`reference_scores`), sharing no code with the stores under test but the filter
+language's reference `matches`, so a ranking or scoring error in a store shows up as a
+difference from it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Request
 
 from backend.retrieval.bm25 import SparseVector
-from backend.retrieval.embedded import EmbeddedVectorStore
-from backend.retrieval.filters import FilterError, validate_filter
+from backend.retrieval.filters import FilterError, matches, validate_filter
 from backend.retrieval.store import Record
 
 PAGE = 100
 
 
+def reference_scores(
+    records: Iterable[Record],
+    vector: list[float] | None,
+    sparse: SparseVector | None,
+    filter_: dict[str, Any] | None = None,
+) -> list[tuple[str, float]]:
+    """Every record that passes the filter with its score (dense dot product plus sparse dot
+    product), best first, ties by id: the ranking every store must reproduce."""
+    scored = []
+    query = np.asarray(vector, dtype=np.float32) if vector else None
+    for r in records:
+        if not matches(filter_, r.metadata):
+            continue
+        score = 0.0
+        if query is not None:
+            score = float(np.dot(np.asarray(r.values, dtype=np.float32), query))
+        if sparse and r.sparse:
+            weights = dict(zip(r.sparse.indices, r.sparse.values, strict=True))
+            score += sum(
+                w * weights.get(t, 0.0) for t, w in zip(sparse.indices, sparse.values, strict=True)
+            )
+        scored.append((r.id, score))
+    return sorted(scored, key=lambda pair: (-pair[1], pair[0]))
+
+
 def pinecone_app(dimension: int) -> FastAPI:
-    store = EmbeddedVectorStore(None, dimension=dimension)
+    namespaces: dict[str, dict[str, Record]] = {}
     app = FastAPI()
-    app.state.store = store
     app.state.requests = []  # (path, body) of every call, for tests to inspect
 
     @app.middleware("http")
-    async def require_key(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def require_key(request: Request, call_next):
         if not request.headers.get("api-key"):
             from fastapi.responses import JSONResponse
 
@@ -44,7 +72,10 @@ def pinecone_app(dimension: int) -> FastAPI:
             Record(v["id"], v["values"], sparse(v.get("sparseValues")), v.get("metadata") or {})
             for v in vectors
         ]
-        await store.upsert(records, namespace=body.get("namespace", ""))
+        if any(len(r.values) != dimension for r in records):
+            raise HTTPException(400, f"Vector dimension does not match the index ({dimension})")
+        namespace = namespaces.setdefault(body.get("namespace", ""), {})
+        namespace.update((r.id, r) for r in records)
         return {"upsertedCount": len(records)}
 
     @app.post("/query")
@@ -57,22 +88,26 @@ def pinecone_app(dimension: int) -> FastAPI:
             except FilterError as exc:
                 raise HTTPException(400, str(exc)) from exc
         vector = body.get("vector")
-        matches = await store.query(
-            namespace=body.get("namespace", ""),
-            vector=vector if vector and any(vector) else None,
-            sparse=sparse(body.get("sparseVector")),
-            top_k=body["topK"],
-            filter=filter_,
-        )
+        records = namespaces.get(body.get("namespace", ""), {})
+        ranked = reference_scores(
+            records.values(),
+            vector if vector and any(vector) else None,
+            sparse(body.get("sparseVector")),
+            filter_,
+        )[: body["topK"]]
         return {
             "matches": [
                 {
-                    "id": m.id,
-                    "score": m.score,
+                    "id": record_id,
+                    "score": score,
                     "values": [],
-                    **({"metadata": m.metadata} if body.get("includeMetadata") else {}),
+                    **(
+                        {"metadata": records[record_id].metadata}
+                        if body.get("includeMetadata")
+                        else {}
+                    ),
                 }
-                for m in matches
+                for record_id, score in ranked
             ],
             "namespace": body.get("namespace", ""),
             "usage": {"readUnits": 5},
@@ -81,14 +116,16 @@ def pinecone_app(dimension: int) -> FastAPI:
     @app.post("/vectors/delete")
     async def delete(body: dict[str, Any]) -> dict[str, Any]:
         app.state.requests.append(("/vectors/delete", body))
-        await store.delete(body.get("ids", []), namespace=body.get("namespace", ""))
+        namespace = namespaces.get(body.get("namespace", ""), {})
+        for record_id in body.get("ids", []):
+            namespace.pop(record_id, None)
         return {}
 
     @app.get("/vectors/list")
     async def list_vectors(
         namespace: str = "", prefix: str = "", limit: int = PAGE, paginationToken: str | None = None
     ) -> dict[str, Any]:
-        ids = store.list_ids_sync(prefix=prefix, namespace=namespace)
+        ids = sorted(i for i in namespaces.get(namespace, {}) if i.startswith(prefix))
         start = int(paginationToken or 0)
         page = ids[start : start + limit]
         response: dict[str, Any] = {
@@ -104,14 +141,12 @@ def pinecone_app(dimension: int) -> FastAPI:
     async def stats(
         body: dict[str, Any] | None = None, api_key: str | None = Header(None)
     ) -> dict[str, Any]:
-        namespaces = {
-            ns: {"vectorCount": store.count_sync(namespace=ns)} for ns in store.namespaces()
-        }
+        counts = {ns: {"vectorCount": len(records)} for ns, records in namespaces.items()}
         return {
-            "namespaces": namespaces,
+            "namespaces": counts,
             "dimension": dimension,
             "indexFullness": 0.0,
-            "totalVectorCount": sum(n["vectorCount"] for n in namespaces.values()),
+            "totalVectorCount": sum(n["vectorCount"] for n in counts.values()),
         }
 
     return app

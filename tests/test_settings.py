@@ -7,7 +7,7 @@ from backend.settings import DEFAULT_SECRET_KEY, Settings
 
 
 def settings(**values: object) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 def test_the_default_secret_is_refused_outside_development() -> None:

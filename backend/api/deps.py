@@ -53,10 +53,12 @@ async def get_current_user(
         raise NotAuthenticated("not authenticated: send `Authorization: Bearer <token>`")
     if token.startswith(API_KEY_PREFIX):
         async with components.sessions() as session:
-            user = await repository.user_by_api_key(session=session, key_hash=hash_api_key(token))
-        if user is None or not user.is_active:
-            raise NotAuthenticated("invalid API key")
-        return user
+            found = await repository.api_key_owner(session=session, key_hash=hash_api_key(token))
+            if found is None or not found[1].is_active:
+                raise NotAuthenticated("invalid API key")
+            if await repository.note_api_key_use(session=session, key=found[0]):
+                await session.commit()
+        return found[1]
     try:
         user_id = decode_access_token(token, secret_key=settings.secret_key)
     except InvalidToken as exc:

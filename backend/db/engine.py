@@ -1,4 +1,4 @@
-"""Creating the history store's engine and bringing its schema up to date."""
+"""Creating the database's engine and bringing its schema up to date."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             # WAL lets readers go on while an answer is being stored.

@@ -1,4 +1,4 @@
-"""The history store's tables (users, conversations, messages). Schema changes go through
+"""The database's tables (users, conversations, messages). Schema changes go through
 Alembic migrations in `backend/db/migrations`."""
 
 from __future__ import annotations

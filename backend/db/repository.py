@@ -1,13 +1,13 @@
-"""Data access for the history store. Every function takes keyword-only arguments and a
+"""Data access for the database. Every function takes keyword-only arguments and a
 session; functions that reach a conversation always scope it to its owner."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +25,8 @@ from backend.db.models import (
     utcnow,
 )
 from backend.retrieval.bm25 import CorpusDelta, CorpusStats
+
+API_KEY_USE_RESOLUTION = timedelta(minutes=5)  # how precisely `last_used_at` is kept
 
 
 async def create_user(*, session: AsyncSession, username: str, password_hash: str) -> User:
@@ -251,20 +253,27 @@ async def get_api_key(*, session: AsyncSession, user_id: str, key_id: str) -> Ap
     return result.scalar_one_or_none()
 
 
-async def user_by_api_key(*, session: AsyncSession, key_hash: str) -> User | None:
-    """The key's owner (and the key's last use noted), or None for an unknown key."""
+async def api_key_owner(*, session: AsyncSession, key_hash: str) -> tuple[ApiKey, User] | None:
+    """The key and its owner, or None for an unknown key. Reads only."""
     result = await session.execute(
         select(ApiKey, User)
         .join(User, User.id == ApiKey.user_id)
         .where(ApiKey.key_hash == key_hash)
     )
     row = result.first()
-    if row is None:
-        return None
-    key, user = row
-    key.last_used_at = utcnow()
-    await session.commit()
-    return user
+    return None if row is None else (row[0], row[1])
+
+
+async def note_api_key_use(
+    *, session: AsyncSession, key: ApiKey, every: timedelta = API_KEY_USE_RESOLUTION
+) -> bool:
+    """Record that `key` was used now, unless that was already noted within `every` (so a
+    busy key costs one write per interval, not one per request). True if it wrote."""
+    now = utcnow()
+    if key.last_used_at is not None and now - key.last_used_at < every:
+        return False
+    await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    return True
 
 
 # --- feedback ------------------------------------------------------------------------------

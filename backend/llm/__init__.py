@@ -6,10 +6,16 @@ from __future__ import annotations
 import logging
 
 from backend.llm.base import ChatModelHandle, approximate_token_count
-from backend.llm.router import ModelRouter
+from backend.llm.catalog import ModelCatalog, UnknownModel
 from backend.settings import ModelSpec, Settings
 
-__all__ = ["ChatModelHandle", "ModelRouter", "approximate_token_count", "build_models"]
+__all__ = [
+    "ChatModelHandle",
+    "ModelCatalog",
+    "UnknownModel",
+    "approximate_token_count",
+    "build_models",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +36,10 @@ def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
             return build_openai_compatible(spec, settings)
 
 
-def build_models(settings: Settings) -> ModelRouter:
+def build_models(settings: Settings) -> ModelCatalog:
     handles = [build_chat_model(spec, settings) for spec in settings.model_specs]
     for handle in handles:
         log.info(
             "model %s (%s), context %d tokens", handle.name, handle.provider, handle.context_window
         )
-    return ModelRouter(handles, settings=settings)
+    return ModelCatalog(handles, settings=settings)

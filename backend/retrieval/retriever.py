@@ -103,7 +103,7 @@ class HybridRetriever:
         namespaces: Sequence[str],
         top_k: int,
         alpha: float,
-        filter: Filter | None = None,
+        filter_: Filter | None = None,
         fusion: Fusion | None = None,
     ) -> SearchResult:
         started = time.perf_counter()
@@ -112,9 +112,9 @@ class HybridRetriever:
         encoded = time.perf_counter()
         method = fusion or self.fusion
         if method == "convex":
-            passages = await self._convex(dense, sparse, namespaces, top_k, alpha, filter)
+            passages = await self._convex(dense, sparse, namespaces, top_k, alpha, filter_)
         else:
-            passages = await self._minmax(dense, sparse, namespaces, top_k, alpha, filter)
+            passages = await self._minmax(dense, sparse, namespaces, top_k, alpha, filter_)
         done = time.perf_counter()
         return SearchResult(
             passages,
@@ -136,7 +136,7 @@ class HybridRetriever:
         results = await asyncio.gather(
             *(
                 self.store.query(
-                    namespace=ns, vector=vector, sparse=sparse, top_k=top_k, filter=filter_
+                    namespace=ns, vector=vector, sparse=sparse, top_k=top_k, filter_=filter_
                 )
                 for ns in namespaces
             )

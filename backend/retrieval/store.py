@@ -41,7 +41,7 @@ class VectorStore(Protocol):
         vector: list[float] | None,
         sparse: SparseVector | None,
         top_k: int,
-        filter: Filter | None = None,
+        filter_: Filter | None = None,
     ) -> list[Match]: ...
 
     async def delete(self, ids: Sequence[str], *, namespace: str) -> None: ...

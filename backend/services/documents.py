@@ -8,13 +8,10 @@ private namespace and the shared one.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -24,42 +21,33 @@ from backend.db import repository
 from backend.db.models import Document, User, utcnow
 from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError, Unavailable
 from backend.metrics import Metrics
-from backend.retrieval.bm25 import CorpusDelta, TermCounts
+from backend.retrieval.bm25 import CorpusDelta
 from backend.retrieval.chunking import chunk_text
-from backend.retrieval.filters import FilterError, validate_filter
-from backend.retrieval.retriever import DOCUMENT_KEY, TEXT_KEY, HybridRetriever, SearchResult
-from backend.retrieval.store import Record
+from backend.retrieval.filters import checked_filter
+from backend.retrieval.retriever import HybridRetriever, SearchResult
+from backend.schemas import DocumentIn
+from backend.services.ingestion import (
+    Identity,
+    Preparation,
+    build_records,
+    check_metadata,
+    stored_chunk_ids,
+)
+from backend.services.turns import Scope
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["private", "shared"]
 SHARED_NAMESPACE = "shared"
-RESERVED_KEYS = frozenset({TEXT_KEY, DOCUMENT_KEY, "chunk_index", "chunk_start", "source"})
-MAX_METADATA_BYTES = 8_192  # per document; each chunk adds its text (Pinecone: 40 KB a record)
 
 
-def checked_filter(filter_: Any, field: tuple[str, ...]) -> Any:
-    """`filter_` if well-formed, else a 422 naming the offending path (`field` says where
-    the filter sits in the request)."""
-    if filter_ is not None:
-        try:
-            validate_filter(filter_)
-        except FilterError as exc:
-            raise InvalidInput(f"{exc.path}: {exc.message}", field=field) from exc
-    return filter_
+def namespace_of(user_id: str, scope: Scope) -> str:
+    """The vector-store namespace of a user's scope: `shared`, or the user's own."""
+    return SHARED_NAMESPACE if scope == "shared" else f"user-{user_id}"
 
 
-def private_namespace(user_id: str) -> str:
-    return f"user-{user_id}"
-
-
-@dataclass
-class DocumentIn:
-    text: str
-    id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
+def scope_of(namespace: str) -> Scope:
+    return "shared" if namespace == SHARED_NAMESPACE else "private"
 
 
 @dataclass
@@ -68,44 +56,6 @@ class IngestResult:
     namespace: str
     status: Literal["created", "updated", "unchanged"]
     chunks: int
-
-
-@dataclass
-class _Prepared:
-    document: DocumentIn
-    id: str
-    content_hash: str
-    revision: str
-    chunks: list[Record]
-    delta: CorpusDelta
-    old: Document | None
-
-
-def _check_metadata(metadata: Any, where: tuple[str | int, ...]) -> None:
-    if not isinstance(metadata, dict):
-        raise InvalidInput("metadata must be an object", field=where)
-    for key, value in metadata.items():
-        here = (*where, key)
-        if not key or key.startswith("$"):
-            raise InvalidInput("metadata keys must be non-empty and not start with '$'", field=here)
-        if key in RESERVED_KEYS:
-            raise InvalidInput(f"{key!r} is set by the service; choose another key", field=here)
-        ok = (
-            isinstance(value, str | bool)
-            or (isinstance(value, int | float) and math.isfinite(value))
-            or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        )
-        if not ok:
-            raise InvalidInput(
-                "metadata values must be strings, numbers, booleans or lists of strings "
-                "(no null, no nested objects)",
-                field=here,
-            )
-    size = len(json.dumps(metadata, ensure_ascii=False).encode())
-    if size > MAX_METADATA_BYTES:
-        raise InvalidInput(
-            f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}", field=where
-        )
 
 
 class DocumentService:
@@ -149,23 +99,18 @@ class DocumentService:
     def can_publish(self, user: User) -> bool:
         return user.username in self.settings.publishers
 
-    def namespace(self, user: User, scope: Scope, *, operator: bool = False) -> str:
-        if scope == "shared":
-            if not (operator or self.can_publish(user)):
-                raise Forbidden(
-                    "publishing to the shared namespace needs publisher rights "
-                    "(the operator lists publishers in PUBLISHERS)"
-                )
-            return SHARED_NAMESPACE
-        return private_namespace(user.id)
+    def writable_namespace(self, user: User, scope: Scope, *, operator: bool = False) -> str:
+        if scope == "shared" and not (operator or self.can_publish(user)):
+            raise Forbidden(
+                "publishing to the shared namespace needs publisher rights "
+                "(the operator lists publishers in PUBLISHERS)"
+            )
+        return namespace_of(user.id, scope)
 
     @staticmethod
     def readable_namespaces(user: User, scopes: Sequence[Scope] | None) -> list[str]:
-        scopes = scopes or ["private", "shared"]
-        return [
-            SHARED_NAMESPACE if s == "shared" else private_namespace(user.id)
-            for s in dict.fromkeys(scopes)
-        ]
+        everywhere: list[Scope] = ["private", "shared"]
+        return [namespace_of(user.id, s) for s in dict.fromkeys(scopes or everywhere)]
 
     # --- ingestion -------------------------------------------------------------------------
     def validate(self, documents: Sequence[DocumentIn]) -> None:
@@ -196,7 +141,7 @@ class DocumentService:
                 if doc.id in seen:
                     raise InvalidInput(f"id {doc.id!r} appears twice", field=(*where, "id"))
                 seen.add(doc.id)
-            _check_metadata(doc.metadata, (*where, "metadata"))
+            check_metadata(doc.metadata, (*where, "metadata"))
 
     async def ingest(
         self,
@@ -210,7 +155,7 @@ class DocumentService:
         one that is identical to what is stored is left as it is. All or nothing.
         `operator`: the command-line ingester, which may publish for any user."""
         self.validate(documents)
-        namespace = self.namespace(user, scope, operator=operator)
+        namespace = self.writable_namespace(user, scope, operator=operator)
         async with self._write_lock:
             prepared, results = await self._prepare(user, namespace, documents)
             if prepared:
@@ -219,90 +164,44 @@ class DocumentService:
 
     async def _prepare(
         self, user: User, namespace: str, documents: Sequence[DocumentIn]
-    ) -> tuple[list[_Prepared], list[IngestResult]]:
-        items = []
-        for doc in documents:
-            content_hash = hashlib.sha256(doc.text.encode()).hexdigest()
-            doc_id = doc.id or f"doc-{content_hash[:24]}"
-            revision = hashlib.sha256(
-                (
-                    content_hash + json.dumps(doc.metadata, sort_keys=True) + (doc.source or "")
-                ).encode()
-            ).hexdigest()[:12]
-            items.append((doc, doc_id, content_hash, revision))
+    ) -> tuple[list[Preparation], list[IngestResult]]:
+        identities = [Identity.of(doc) for doc in documents]
         async with self.sessions() as session:
             existing = await repository.get_documents(
-                session=session, namespace=namespace, ids=[i[1] for i in items]
+                session=session, namespace=namespace, ids=[i.id for i in identities]
             )
         results: list[IngestResult] = []
-        todo: list[tuple[DocumentIn, str, str, str, Document | None, list]] = []
-        for (
-            doc,
-            doc_id,
-            content_hash,
-            revision,
-        ) in items:
-            old = existing.get(doc_id)
+        todo: list[Preparation] = []
+        for doc, identity in zip(documents, identities, strict=True):
+            old = existing.get(identity.id)
             if old is not None and old.owner_id != user.id:
                 raise Conflict(
-                    f"document id {doc_id!r} belongs to another publisher in {namespace!r}",
+                    f"document id {identity.id!r} belongs to another publisher in {namespace!r}",
                     field=("body", "documents"),
                 )
-            if old is not None and old.revision == revision:
-                results.append(IngestResult(doc_id, namespace, "unchanged", old.chunk_count))
+            if old is not None and old.revision == identity.revision:
+                results.append(IngestResult(identity.id, namespace, "unchanged", old.chunk_count))
                 continue
             chunks = chunk_text(
                 doc.text, size=self.settings.chunk_size, overlap=self.settings.chunk_overlap
             )
-            todo.append((doc, doc_id, content_hash, revision, old, chunks))
+            todo.append(Preparation(doc, identity, chunks, old))
             results.append(
-                IngestResult(doc_id, namespace, "updated" if old else "created", len(chunks))
+                IngestResult(identity.id, namespace, "updated" if old else "created", len(chunks))
             )
-        if not todo:
-            return [], results
-
-        texts = [chunk.text for *_, chunks in todo for chunk in chunks]
-        counts: list[TermCounts] = [self.encoder.term_counts(text) for text in texts]
-        vectors = await anyio.to_thread.run_sync(self.retriever.embeddings.embed_documents, texts)
-        # Encode against the statistics as they will be, this batch included.
-        batch_delta = CorpusDelta.of(counts)
-        self.encoder.apply(batch_delta)
-        try:
-            sparse = [self.encoder.encode_document(c) for c in counts]
-        finally:
-            self.encoder.apply(batch_delta, -1)
-
-        prepared, position = [], 0
-        for doc, doc_id, content_hash, revision, old, chunks in todo:
-            records = []
-            for chunk in chunks:
-                metadata = {
-                    **doc.metadata,
-                    TEXT_KEY: chunk.text,
-                    DOCUMENT_KEY: doc_id,
-                    "chunk_index": chunk.index,
-                    "chunk_start": chunk.start,
-                }
-                if doc.source:
-                    metadata["source"] = doc.source
-                records.append(
-                    Record(
-                        id=f"{doc_id}#{revision}#{chunk.index}",
-                        values=[float(v) for v in vectors[position]],
-                        sparse=sparse[position],
-                        metadata=metadata,
-                    )
+        if todo:
+            await anyio.to_thread.run_sync(
+                lambda: build_records(
+                    todo, embed=self.retriever.embeddings.embed_documents, encoder=self.encoder
                 )
-                position += 1
-            delta = CorpusDelta.of(counts[position - len(chunks) : position])
-            prepared.append(_Prepared(doc, doc_id, content_hash, revision, records, delta, old))
-        return prepared, results
+            )
+        return todo, results
 
-    async def _store(self, user: User, namespace: str, prepared: list[_Prepared]) -> None:
-        new_ids = [r.id for p in prepared for r in p.chunks]
+    async def _store(self, user: User, namespace: str, prepared: list[Preparation]) -> None:
+        records = [r for p in prepared for r in p.records]
+        new_ids = [r.id for r in records]
         batch = self.settings.upsert_batch_size
         try:
-            records = [r for p in prepared for r in p.chunks]
             for start in range(0, len(records), batch):
                 await self.store.upsert(records[start : start + batch], namespace=namespace)
             async with self.sessions() as session:
@@ -319,8 +218,8 @@ class DocumentService:
                         )
                         session.add(row)
                     row.source = p.document.source
-                    row.content_hash = p.content_hash
-                    row.revision = p.revision
+                    row.content_hash = p.identity.content_hash
+                    row.revision = p.identity.revision
                     row.doc_metadata = p.document.metadata
                     row.chunk_count = len(p.chunks)
                     row.char_count = len(p.document.text)
@@ -351,9 +250,8 @@ class DocumentService:
         await self._note_own_write()
 
     async def _delete_chunks(self, namespace: str, document: Document) -> None:
-        ids = [f"{document.id}#{document.revision}#{i}" for i in range(document.chunk_count)]
         try:
-            await self.store.delete(ids, namespace=namespace)
+            await self.store.delete(stored_chunk_ids(document), namespace=namespace)
         except Exception:  # the SQL side is committed; orphans are found by prefix later
             log.exception("could not delete the old chunks of %s in %s", document.id, namespace)
 
@@ -374,8 +272,7 @@ class DocumentService:
                 session=session, owner_id=user.id, document_id=document_id
             )
             if scope is not None:
-                wanted = SHARED_NAMESPACE if scope == "shared" else private_namespace(user.id)
-                found = [d for d in found if d.namespace == wanted]
+                found = [d for d in found if d.namespace == namespace_of(user.id, scope)]
             if not found:
                 raise NotFound("document not found", field=("path", "document_id"))
             if len(found) > 1:
@@ -415,7 +312,7 @@ class DocumentService:
                 namespaces=self.readable_namespaces(user, scopes),
                 top_k=top_k or self.settings.retrieval_top_k,
                 alpha=self.settings.retrieval_alpha if alpha is None else alpha,
-                filter=filter_ or None,
+                filter_=filter_ or None,
             )
         except Exception as exc:
             log.exception("search failed")

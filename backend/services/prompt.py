@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from backend.errors import InvalidInput
-
 # Role markers the chat template wraps around each message (SmolLM2: `<|im_start|>user\n`...),
 # and the assistant header that opens the answer.
 PER_MESSAGE_OVERHEAD = 5
@@ -28,6 +26,19 @@ CONTEXT_INSTRUCTION = (
     "Answer from the numbered sources below when they hold the answer, and cite the ones "
     "you use like [1] or [2]. If they do not hold the answer, say so.\n\nSources:\n"
 )
+
+
+class PromptTooLong(ValueError):
+    """The system prompt and the question alone exceed the budget."""
+
+    def __init__(self, needed: int, budget: int) -> None:
+        super().__init__(
+            f"message is too long: it needs {needed} tokens with the system prompt, but only "
+            f"{budget} are available (context window minus the answer's max_tokens); "
+            "shorten the message or ask for fewer max_tokens"
+        )
+        self.needed = needed
+        self.budget = budget
 
 
 @dataclass
@@ -73,12 +84,7 @@ def build_prompt(
 
     fixed = cost(system) + cost(question) + REPLY_PRIMER
     if fixed > budget:
-        raise InvalidInput(
-            f"message is too long: it needs {fixed} tokens with the system prompt, but only "
-            f"{budget} are available (context window minus the answer's max_tokens); "
-            "shorten the message or ask for fewer max_tokens",
-            field=("body", "message"),
-        )
+        raise PromptTooLong(fixed, budget)
     used = fixed
     context, packed = "", 0
     if passages:

@@ -15,7 +15,7 @@ REPLY = "Glaciers retreat as winters warm [1]."
 
 
 @pytest.fixture
-def model():  # type: ignore[no-untyped-def]
+def model():
     return fake_model([REPLY, "A second answer."])
 
 
@@ -50,10 +50,9 @@ def test_sign_in_chat_and_find_the_conversation(app: AppTest, client: httpx.Clie
     assert shown == ["Hello app", REPLY]
     assert "▸ Hello app" in [b.label for b in app.sidebar.button]
     assert any("fake-model" in c.value and "first token" in c.value for c in app.caption)
-    app.sidebar.button(
-        key=next(b.key for b in app.sidebar.button if b.label == "Sign out")
-    ).click().run()
-    assert app.session_state.token is None and app.title[0].value == "ragstream"
+    next(b for b in app.sidebar.button if b.label == "Sign out").click().run()
+    assert app.session_state.token is None
+    assert app.title[0].value == "ragstream"
 
 
 def test_answers_show_their_numbered_sources(app: AppTest, client: httpx.Client) -> None:
@@ -100,7 +99,8 @@ def test_rows_of_the_filter_editor_become_a_filter(
     app.text_input(key="f_value_0").input("2015").run()
     ask(app, "glaciers")
     system = server.components.models.default.chat.prompts[-1][0].text
-    assert "Glaciers in 2020." in system and "Glaciers in 2010." not in system
+    assert "Glaciers in 2020." in system
+    assert "Glaciers in 2010." not in system
 
 
 def test_feedback_and_regenerate(app: AppTest, client: httpx.Client) -> None:

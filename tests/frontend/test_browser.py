@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def model():  # type: ignore[no-untyped-def]
+def model():
     return fake_model([REPLY])
 
 
@@ -58,7 +58,7 @@ def frontend(server: LiveServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(frontend: str) -> Iterator:  # type: ignore[type-arg]
+def page(frontend: str) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -77,7 +77,7 @@ def page(frontend: str) -> Iterator:  # type: ignore[type-arg]
 
 def test_sign_up_ask_see_sources_give_feedback_and_find_it_again(
     page, frontend: str, server: LiveServer, client: httpx.Client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from playwright.sync_api import expect
 
     page.goto(frontend)

@@ -31,14 +31,14 @@ FAST = {
 @pytest.fixture
 def tgi() -> Iterator[tuple[Upstream, str]]:
     upstream = Upstream("tgi")
-    with live_server(upstream.app) as live:  # type: ignore[arg-type]
+    with live_server(upstream.app) as live:
         yield upstream, live.url
 
 
 @pytest.fixture
 def openai_server() -> Iterator[tuple[Upstream, str]]:
     upstream = Upstream("openai")
-    with live_server(upstream.app) as live:  # type: ignore[arg-type]
+    with live_server(upstream.app) as live:
         yield upstream, live.url
 
 
@@ -61,7 +61,7 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path, sqlite_url: str):  # type: ignore[no-untyped-def]
+def service(tmp_path: Path, sqlite_url: str):
     started: list[Any] = []
 
     def start(models: list[dict[str, Any]], **settings: Any) -> Service:
@@ -82,16 +82,18 @@ def hf(url: str, **spec: Any) -> dict[str, Any]:
     return {"provider": "huggingface", "model": LLAMA, "base_url": url, **spec}
 
 
-def test_a_tgi_endpoint_streams_and_gets_the_real_model_name(service, tgi, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_tgi_endpoint_streams_and_gets_the_real_model_name(service, tgi, caplog) -> None:
     upstream, url = tgi
     caplog.set_level(logging.DEBUG)
     svc = service([hf(url, id="llama3")])
     result = svc.chat(max_tokens=64, temperature=0.2, top_p=0.9, stop=["\n\n"])
-    assert result.names()[:2] == ["meta", "sources"] and result.names()[-1] == "done"
+    assert result.names()[:2] == ["meta", "sources"]
+    assert result.names()[-1] == "done"
     assert result.first("meta")["model"] == "llama3"
     assert result.text() == "Hello from upstream."
     done = result.first("done")
-    assert done["model"] == "llama3" and done["finish_reason"] == "stop"
+    assert done["model"] == "llama3"
+    assert done["finish_reason"] == "stop"
     assert done["usage"] == {"prompt_tokens": 11, "completion_tokens": 4}  # the server's own count
 
     [seen] = upstream.seen
@@ -113,14 +115,14 @@ def test_a_tgi_endpoint_streams_and_gets_the_real_model_name(service, tgi, caplo
     assert TOKEN not in caplog.text
 
 
-def test_a_self_hosted_tgi_gets_llm_api_key(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_a_self_hosted_tgi_gets_llm_api_key(service, tgi) -> None:
     upstream, url = tgi
     svc = service([hf(url)], llm_api_key="tgi-secret")
     assert svc.chat().text() == "Hello from upstream."
     assert upstream.seen[0].headers["authorization"] == "Bearer tgi-secret"
 
 
-def test_the_hf_router_is_reached_by_repo_id(service, tgi, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_hf_router_is_reached_by_repo_id(service, tgi, monkeypatch) -> None:
     upstream, url = tgi
     loopback = httpx.URL(url)
 
@@ -149,10 +151,11 @@ def test_the_hf_router_is_reached_by_repo_id(service, tgi, monkeypatch) -> None:
     [seen] = upstream.seen
     assert seen.headers["host"] == "router.huggingface.co"
     assert seen.headers["authorization"] == f"Bearer {TOKEN}"
-    assert seen.path == "/v1/chat/completions" and seen.body["model"] == LLAMA
+    assert seen.path == "/v1/chat/completions"
+    assert seen.body["model"] == LLAMA
 
 
-def test_an_openai_compatible_server_streams(service, openai_server) -> None:  # type: ignore[no-untyped-def]
+def test_an_openai_compatible_server_streams(service, openai_server) -> None:
     upstream, url = openai_server
     svc = service(
         [
@@ -169,15 +172,16 @@ def test_an_openai_compatible_server_streams(service, openai_server) -> None:  #
     assert result.text() == "Hello from upstream."
     assert result.first("done")["usage"] == {"prompt_tokens": 11, "completion_tokens": 4}
     [seen] = upstream.seen
-    assert seen.body["model"] == "Qwen/Qwen2.5-7B-Instruct" and seen.body["max_tokens"] == 32
+    assert seen.body["model"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert seen.body["max_tokens"] == 32
     assert seen.headers["authorization"] == "Bearer sk-test-key"
 
 
 @pytest.mark.parametrize("flavour", ["tgi", "openai"])
-def test_429_then_success_is_retried_invisibly(service, flavour) -> None:  # type: ignore[no-untyped-def]
-    upstream = Upstream(flavour)  # type: ignore[arg-type]
+def test_429_then_success_is_retried_invisibly(service, flavour) -> None:
+    upstream = Upstream(flavour)
     upstream.script(Scenario(status=429, error="rate limited", headers={"Retry-After": "0"}))
-    with live_server(upstream.app) as live:  # type: ignore[arg-type]
+    with live_server(upstream.app) as live:
         spec = (
             hf(live.url)
             if flavour == "tgi"
@@ -185,12 +189,13 @@ def test_429_then_success_is_retried_invisibly(service, flavour) -> None:  # typ
         )
         svc = service([spec])
         result = svc.chat()
-    assert result.names()[-1] == "done" and result.text() == "Hello from upstream."
+    assert result.names()[-1] == "done"
+    assert result.text() == "Hello from upstream."
     assert len(upstream.seen) == 2
     assert svc.stored(result)["status"] == "complete"
 
 
-def test_503_loading_waits_the_estimated_time_then_succeeds(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_503_loading_waits_the_estimated_time_then_succeeds(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(Scenario(status=503, error="Model is currently loading", estimated_time=0.3))
     svc = service([hf(url)])
@@ -200,7 +205,7 @@ def test_503_loading_waits_the_estimated_time_then_succeeds(service, tgi) -> Non
     assert second.at - first.at >= 0.28  # honoured estimated_time
 
 
-def test_a_retry_after_beyond_the_ceiling_is_capped(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_a_retry_after_beyond_the_ceiling_is_capped(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(Scenario(status=429, headers={"Retry-After": "120"}))
     svc = service([hf(url)])
@@ -210,7 +215,7 @@ def test_a_retry_after_beyond_the_ceiling_is_capped(service, tgi) -> None:  # ty
     assert second.at - first.at < 3  # the 0.5 s ceiling, not 120 s
 
 
-def test_retries_are_bounded_and_the_wait_is_said(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_retries_are_bounded_and_the_wait_is_said(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(
         *[Scenario(status=503, error="Model is currently loading", estimated_time=20)] * 5
@@ -226,7 +231,7 @@ def test_retries_are_bounded_and_the_wait_is_said(service, tgi) -> None:  # type
     assert (stored["status"], stored["content"]) == ("error", "")
 
 
-def test_a_rejected_token_is_not_retried_and_not_echoed(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_a_rejected_token_is_not_retried_and_not_echoed(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(
         Scenario(status=401, error=f"Invalid credentials in Authorization header: {TOKEN}")
@@ -240,7 +245,7 @@ def test_a_rejected_token_is_not_retried_and_not_echoed(service, tgi) -> None:  
     assert len(upstream.seen) == 1
 
 
-def test_no_first_token_in_time_is_a_timeout(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_no_first_token_in_time_is_a_timeout(service, tgi) -> None:
     upstream, url = tgi
     upstream.default = Scenario(delay_first=3)
     svc = service([hf(url)], llm_max_retries=1)
@@ -249,7 +254,7 @@ def test_no_first_token_in_time_is_a_timeout(service, tgi) -> None:  # type: ign
     assert len(upstream.seen) == 2
 
 
-def test_a_stall_between_tokens_ends_the_answer_and_keeps_it(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_a_stall_between_tokens_ends_the_answer_and_keeps_it(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(Scenario(stall_after=2, stall_seconds=5))
     svc = service([hf(url)])
@@ -262,22 +267,23 @@ def test_a_stall_between_tokens_ends_the_answer_and_keeps_it(service, tgi) -> No
     assert (stored["status"], stored["content"]) == ("error", "Hello from")
 
 
-def test_an_error_payload_mid_stream(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_payload_mid_stream(service, tgi) -> None:
     upstream, url = tgi
     upstream.script(Scenario(error_after=2))
     svc = service([hf(url)])
     result = svc.chat()
     assert result.text() == "Hello from"
     error = result.first("error")
-    assert error["code"] == "model_error" and "CUDA" not in error["message"]
+    assert error["code"] == "model_error"
+    assert "CUDA" not in error["message"]
     assert svc.stored(result)["status"] == "error"
 
 
 @pytest.mark.parametrize("flavour", ["tgi", "openai"])
-def test_a_connection_cut_mid_stream(service, flavour) -> None:  # type: ignore[no-untyped-def]
-    upstream = Upstream(flavour)  # type: ignore[arg-type]
+def test_a_connection_cut_mid_stream(service, flavour) -> None:
+    upstream = Upstream(flavour)
     upstream.script(Scenario(cut_after=3))
-    with live_server(upstream.app) as live:  # type: ignore[arg-type]
+    with live_server(upstream.app) as live:
         spec = (
             hf(live.url)
             if flavour == "tgi"
@@ -291,15 +297,18 @@ def test_a_connection_cut_mid_stream(service, flavour) -> None:  # type: ignore[
     assert (stored["status"], stored["content"]) == ("error", "Hello from upstream")
 
 
-def test_an_unreachable_server_is_retried_then_reported(service) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_server_is_retried_then_reported(service, caplog) -> None:
     svc = service([hf("http://127.0.0.1:9")])
-    result = svc.chat()
+    with caplog.at_level(logging.WARNING, logger="backend.llm.streaming"):
+        result = svc.chat()
     assert result.first("error")["code"] == "model_unreachable"
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert len(retries) == 2, retries  # llm_max_retries: two retries after the first try
 
 
 def test_fallback_to_the_next_model_names_the_one_that_answered(
     service, tgi, openai_server
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     primary, primary_url = tgi
     backup, backup_url = openai_server
     primary.default = Scenario(status=503, error="overloaded", error_type="overloaded")
@@ -313,7 +322,8 @@ def test_fallback_to_the_next_model_names_the_one_that_answered(
     assert result.first("meta")["model"] == "backup"
     assert result.first("done")["model"] == "backup"
     assert result.text() == "Hello from upstream."
-    assert len(primary.seen) == 3 and len(backup.seen) == 1
+    assert len(primary.seen) == 3
+    assert len(backup.seen) == 1
     assert svc.stored(result)["model"] == "backup"
 
     primary.default = Scenario(status=401)  # not retried: straight to the next model
@@ -322,7 +332,7 @@ def test_fallback_to_the_next_model_names_the_one_that_answered(
     assert len(primary.seen) == before + 1
 
 
-def test_routing_by_request_and_by_rule(service, tgi, openai_server) -> None:  # type: ignore[no-untyped-def]
+def test_routing_by_request_and_by_rule(service, tgi, openai_server) -> None:
     big, big_url = tgi
     small, small_url = openai_server
     small.default = Scenario(tokens=["Short", "."])
@@ -356,7 +366,7 @@ def test_routing_by_request_and_by_rule(service, tgi, openai_server) -> None:  #
     assert ready["model"] == {"name": "llama3", "provider": "huggingface", "loaded": True}
 
 
-def test_when_every_model_fails_the_user_gets_one_clear_error(service, tgi) -> None:  # type: ignore[no-untyped-def]
+def test_when_every_model_fails_the_user_gets_one_clear_error(service, tgi) -> None:
     upstream, url = tgi
     upstream.default = Scenario(status=402, error="payment required")
     svc = service([hf(url, id="a"), hf(url, id="b")])

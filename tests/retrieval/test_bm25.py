@@ -58,7 +58,8 @@ def test_statistics_come_and_go_with_documents() -> None:
     assert encoder.stats.doc_count == 3
     assert encoder.stats.doc_freq[token_id("gamma")] == 2
     encoder.apply(a, -1)
-    assert encoder.stats.doc_count == 1 and encoder.stats.total_length == 2
+    assert encoder.stats.doc_count == 1
+    assert encoder.stats.total_length == 2
     assert token_id("alpha") not in encoder.stats.doc_freq
     assert encoder.encode_query("alpha").indices == []  # unknown terms add nothing
     assert CorpusDelta.from_json(b.to_json()) == b

@@ -4,6 +4,7 @@ index-based evaluation agrees with the reference semantics on random filters."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_malformed_filters_name_the_offending_part(filter_: object, path: str, w
     assert words in error.value.message
 
 
-RECORDS = [
+RECORDS: list[dict[str, Any]] = [
     {"year": 2011, "section": "BACKGROUND", "meshes": ["Apoptosis", "Mitochondria"], "ok": True},
     {"year": 2015.0, "section": "RESULTS", "meshes": ["Humans"], "ok": False},
     {"section": "METHODS", "meshes": []},

@@ -46,7 +46,7 @@ async def test_hybrid_filtered_queries_match_the_exact_ranking() -> None:
             vector=records[4].values,
             sparse=sparse,
             top_k=10,
-            filter={"year": {"$gte": 2003}},
+            filter_={"year": {"$gte": 2003}},
         )
         want = brute_force(records, records[4].values, sparse, 10, {"year": {"$gte": 2003}})
         assert [m.id for m in got] == want

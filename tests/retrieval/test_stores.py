@@ -7,6 +7,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from backend.retrieval.filters import matches
 from backend.retrieval.pinecone_store import PineconeVectorStore, batches
 from backend.retrieval.store import Record, VectorStore
 from tests.helpers import live_server
-from tests.pinecone_server import pinecone_app
+from tests.pinecone_server import pinecone_app, reference_scores
 
 DIM = 8
 
@@ -44,25 +45,8 @@ def corpus(n: int = 60, seed: int = 7) -> list[Record]:
     return records
 
 
-def brute_force(records: list[Record], vector, sparse, top_k, filter_=None) -> list[str]:  # type: ignore[no-untyped-def]
-    scored = []
-    for r in records:
-        if not matches(filter_, r.metadata):
-            continue
-        score = (
-            float(
-                np.dot(np.asarray(r.values, dtype=np.float32), np.asarray(vector, dtype=np.float32))
-            )
-            if vector
-            else 0.0
-        )
-        if sparse and r.sparse:
-            weights = dict(zip(r.sparse.indices, r.sparse.values, strict=True))
-            score += sum(
-                w * weights.get(t, 0.0) for t, w in zip(sparse.indices, sparse.values, strict=True)
-            )
-        scored.append((-score, r.id))
-    return [i for _, i in sorted(scored)[:top_k]]
+def brute_force(records: list[Record], vector, sparse, top_k, filter_=None) -> list[str]:
+    return [i for i, _ in reference_scores(records, vector, sparse, filter_)[:top_k]]
 
 
 class StoreContract:
@@ -90,15 +74,16 @@ class StoreContract:
         records = corpus()
         await store.upsert(records, namespace="ns")
         vector = records[0].values
-        for filter_ in [
+        filters: list[dict[str, Any]] = [
             {"year": {"$gte": 2005}},
             {"section": "RESULTS", "tags": "a"},
             {"$or": [{"year": 2001}, {"tags": {"$in": ["c"]}}]},
             {"tags": {"$nin": ["a", "b"]}},
             {"year": {"$gt": 3000}},
-        ]:
+        ]
+        for filter_ in filters:
             got = await store.query(
-                namespace="ns", vector=vector, sparse=None, top_k=100, filter=filter_
+                namespace="ns", vector=vector, sparse=None, top_k=100, filter_=filter_
             )
             assert [m.id for m in got] == brute_force(records, vector, None, 100, filter_), filter_
             assert all(matches(filter_, m.metadata) for m in got)
@@ -124,7 +109,7 @@ class StoreContract:
         await store.upsert([replaced], namespace="ns")
         assert await store.count(namespace="ns") == 9
         top = await store.query(
-            namespace="ns", vector=records[8].values, sparse=None, top_k=2, filter={"year": 1999}
+            namespace="ns", vector=records[8].values, sparse=None, top_k=2, filter_={"year": 1999}
         )
         assert [(m.id, m.metadata["text"]) for m in top] == [(records[0].id, "new")]
 
@@ -172,15 +157,15 @@ class TestEmbeddedOnDisk(StoreContract):
         first = EmbeddedVectorStore(path, dimension=DIM)
         await first.upsert(records, namespace="ns")
         await first.delete([records[0].id], namespace="ns")
-        query = {
+        query: dict[str, Any] = {
             "vector": records[5].values,
             "sparse": SparseVector([3, 11], [1.0, 2.0]),
             "top_k": 20,
         }
-        before = await first.query(namespace="ns", **query, filter={"year": {"$lt": 2008}})
+        before = await first.query(namespace="ns", **query, filter_={"year": {"$lt": 2008}})
         await first.close()
         second = EmbeddedVectorStore(path, dimension=DIM)
-        after = await second.query(namespace="ns", **query, filter={"year": {"$lt": 2008}})
+        after = await second.query(namespace="ns", **query, filter_={"year": {"$lt": 2008}})
         assert [(m.id, round(m.score, 5)) for m in after] == [
             (m.id, round(m.score, 5)) for m in before
         ]
@@ -198,12 +183,12 @@ class TestEmbeddedOnDisk(StoreContract):
 
 class TestPineconeAdapter(StoreContract):
     @pytest.fixture
-    def server(self) -> Iterator:  # type: ignore[type-arg]
+    def server(self) -> Iterator:
         with live_server(pinecone_app(DIM)) as live:
             yield live
 
     @pytest.fixture
-    async def store(self, server) -> AsyncIterator[VectorStore]:  # type: ignore[no-untyped-def]
+    async def store(self, server) -> AsyncIterator[VectorStore]:
         store = PineconeVectorStore(api_key="test-key", dimension=DIM, host=server.url)
         store.check()
         yield store
@@ -211,24 +196,27 @@ class TestPineconeAdapter(StoreContract):
 
     async def test_writes_are_batched_within_pinecone_limits(
         self, store: PineconeVectorStore, server
-    ) -> None:  # type: ignore[no-untyped-def]
+    ) -> None:
         records = [
             Record(f"b#{i}", corpus(1)[0].values, None, {"text": "x" * 1500}) for i in range(2500)
         ]
         await store.upsert(records, namespace="bulk")
         upserts = [body for path, body in server.app.state.requests if path == "/vectors/upsert"]
         assert [len(b["vectors"]) for b in upserts] == [len(b) for b in batches(records)]
-        assert all(len(b["vectors"]) <= 1000 for b in upserts) and len(upserts) >= 3
+        assert all(len(b["vectors"]) <= 1000 for b in upserts)
+        assert len(upserts) >= 3
         assert await store.count(namespace="bulk") == 2500
         # Every value on the wire is a plain float (the SDK rejects numpy floats).
         assert all(isinstance(v, float) for v in upserts[0]["vectors"][0]["values"])
 
-    async def test_a_wrong_dimension_is_refused_at_start(self, server) -> None:  # type: ignore[no-untyped-def]
+    async def test_a_wrong_dimension_is_refused_at_start(self, server) -> None:
         with pytest.raises(RuntimeError, match="holds 8-d vectors"):
             PineconeVectorStore(api_key="k", dimension=384, host=server.url).check()
 
 
 async def test_every_store_ranks_alike(tmp_path: Path) -> None:
+    """Both embedded stores and Pinecone's client (against the brute-force fake) return the
+    same ids with the same scores."""
     records = corpus(90, seed=3)
     sparse = SparseVector([2, 5, 9, 17, 33], [0.7, 1.1, 0.3, 2.2, 0.9])
     with live_server(pinecone_app(DIM)) as server:
@@ -245,7 +233,7 @@ async def test_every_store_ranks_alike(tmp_path: Path) -> None:
                 vector=records[10].values,
                 sparse=sparse,
                 top_k=25,
-                filter={"year": {"$ne": 2003}},
+                filter_={"year": {"$ne": 2003}},
             )
             rankings.append([(m.id, round(m.score, 5)) for m in result])
             await store.close()

@@ -1,23 +1,14 @@
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-
 from fastapi import APIRouter
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from backend.api.deps import ChatServiceDep, CurrentUser, SettingsDep
+from backend.api.sse import sse_response
 from backend.db.models import User
-from backend.errors import UpstreamFailed
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
-from backend.services.chat import (
-    ChatEvent,
-    ChatOptions,
-    ChatService,
-    ChatTurn,
-    RetrievalOptions,
-)
-from backend.settings import Settings
+from backend.services.chat import ChatService
+from backend.services.turns import ChatTurn
 
 router = APIRouter(tags=["chat"])
 
@@ -27,20 +18,8 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
         user=user,
         message=body.message,
         conversation_id=body.conversation_id,
-        options=ChatOptions(
-            model=body.model,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stop,
-            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
-        ),
+        options=body.options(),
     )
-
-
-async def _sse(events: AsyncIterator[ChatEvent]) -> AsyncIterator[ServerSentEvent]:
-    async for event in events:
-        yield ServerSentEvent(data=json.dumps(event.data, ensure_ascii=False), event=event.event)
 
 
 @router.post("/chat/stream")
@@ -49,16 +28,7 @@ async def chat_stream(
 ) -> EventSourceResponse:
     """Answer as Server-Sent Events: meta, sources, token..., then done or error."""
     turn = await _start(service, user, body)  # 4xx here, before the stream opens
-    return sse_response(turn, settings)
-
-
-def sse_response(turn: ChatTurn, settings: Settings) -> EventSourceResponse:
-    """A turn's events as Server-Sent Events, with keep-alive pings."""
-    return EventSourceResponse(
-        _sse(turn.events()),
-        ping=settings.sse_ping_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(service.answer(turn), settings)
 
 
 @router.post("/chat", response_model=ChatResponse)
@@ -66,8 +36,7 @@ async def chat(body: ChatRequest, user: CurrentUser, service: ChatServiceDep) ->
     """Answer in one JSON response (the same pipeline as /chat/stream)."""
     turn = await _start(service, user, body)
     answer = await service.complete(turn)
-    if answer.status == "error":
-        raise UpstreamFailed(answer.error or "the model failed")
+    assert turn.conversation_id is not None
     return ChatResponse(
         conversation_id=turn.conversation_id,
         message=MessagePublic.model_validate(answer),

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response, status
 from sse_starlette import EventSourceResponse
 
 from backend.api.deps import ChatServiceDep, CurrentUser, SessionDep, SettingsDep
-from backend.api.routes.chat import sse_response
+from backend.api.sse import sse_response
 from backend.db import repository
 from backend.db.models import Conversation
 from backend.errors import InvalidInput, NotFound
@@ -20,7 +20,6 @@ from backend.schemas import (
     FeedbackPublic,
     RegenerateRequest,
 )
-from backend.services.chat import ChatOptions, RetrievalOptions
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -111,15 +110,9 @@ async def regenerate(
     turn = await service.regenerate(
         user=user,
         conversation_id=conversation_id,
-        options=ChatOptions(
-            model=body.model,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
-        ),
+        options=body.options(),
     )
-    return sse_response(turn, settings)
+    return sse_response(service.answer(turn), settings)
 
 
 messages_router = APIRouter(prefix="/messages", tags=["conversations"])

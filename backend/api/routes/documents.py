@@ -8,8 +8,9 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from backend.api.deps import ComponentsDep, CurrentUser, SettingsDep
 from backend.db.models import Document
 from backend.errors import InvalidInput, PayloadTooLarge
-from backend.retrieval.chunking import UnreadableFile, extract_text, kind_of
+from backend.retrieval.extract import UnreadableFile, extract_text, kind_of
 from backend.schemas import (
+    DocumentIn,
     DocumentPublic,
     DocumentsIn,
     DocumentsPublic,
@@ -19,20 +20,16 @@ from backend.schemas import (
     SearchResponse,
     SourcePublic,
 )
-from backend.services.documents import SHARED_NAMESPACE, DocumentIn, IngestResult
+from backend.services.documents import IngestResult, scope_of
 
 router = APIRouter(tags=["documents"])
-
-
-def _scope(namespace: str) -> Literal["private", "shared"]:
-    return "shared" if namespace == SHARED_NAMESPACE else "private"
 
 
 def _ingested(results: list[IngestResult]) -> IngestResponse:
     return IngestResponse(
         documents=[
             IngestedDocument(
-                id=r.id, namespace=_scope(r.namespace), status=r.status, chunks=r.chunks
+                id=r.id, namespace=scope_of(r.namespace), status=r.status, chunks=r.chunks
             )
             for r in results
         ],
@@ -43,7 +40,7 @@ def _ingested(results: list[IngestResult]) -> IngestResponse:
 def _public(document: Document) -> DocumentPublic:
     return DocumentPublic(
         id=document.id,
-        namespace=_scope(document.namespace),
+        namespace=scope_of(document.namespace),
         source=document.source,
         metadata=document.doc_metadata,
         chunk_count=document.chunk_count,
@@ -61,10 +58,7 @@ async def ingest_documents(
     """Ingest JSON documents into your private namespace (or the shared one, if you publish)."""
     results = await components.documents.ingest(
         user=user,
-        documents=[
-            DocumentIn(text=d.text, id=d.id, metadata=d.metadata, source=d.source)
-            for d in body.documents
-        ],
+        documents=body.documents,
         scope=body.namespace,
     )
     return _ingested(results)

@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser, SettingsDep
-from backend.errors import InvalidInput, NotFound, UpstreamFailed
-from backend.schemas import RetrievalRequest
-from backend.services.chat import ChatOptions, ChatTurn, RetrievalOptions
+from backend.db.models import Message
+from backend.errors import InvalidInput, NotFound
+from backend.llm import UnknownModel
+from backend.schemas import GenerationOptions
+from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 STARTED = int(time.time())
@@ -43,23 +45,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(GenerationOptions):
+    """The generation options of /chat, in OpenAI's spelling."""
+
     # OpenAI clients send parameters this service has no use for (presence_penalty,
     # logit_bias, user, ...): they are accepted and ignored, as many compatible servers do.
     model_config = ConfigDict(extra="allow")
 
-    model: str
+    model: str  # required here: OpenAI's clients always send it
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = None  # type: ignore[assignment]  # OpenAI allows one string
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
-    retrieval: RetrievalRequest = Field(default_factory=RetrievalRequest)
     conversation_id: str | None = None
+
+    def options(self) -> ChatOptions:
+        options = super().options()
+        options.stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        options.max_tokens = self.max_completion_tokens or self.max_tokens
+        return options
 
 
 @router.get("/models")
@@ -98,26 +104,20 @@ async def chat_completions(
     settings: SettingsDep,
 ) -> JSONResponse | EventSourceResponse:
     """Chat completion in OpenAI's format, grounded in your documents."""
-    if body.model not in components.models.ids():
+    try:
+        components.models.check(body.model)
+    except UnknownModel as exc:
         raise NotFound(
             f"The model '{body.model}' does not exist; GET /v1/models lists the models",
             field=("body", "model"),
             code="model_not_found",
-        )
+        ) from exc
     system, history, question = _split(body.messages)
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
     turn = await service.start(
         user=user,
         message=question,
         conversation_id=body.conversation_id,
-        options=ChatOptions(
-            model=body.model,
-            max_tokens=body.max_completion_tokens or body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=stop,
-            retrieval=RetrievalOptions(**body.retrieval.model_dump()),
-        ),
+        options=body.options(),
         history=history,
         system_prompt=system,
         persist=body.conversation_id is not None,
@@ -125,9 +125,11 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventSourceResponse(
-            _chunks(turn, include_usage), ping=settings.sse_ping_seconds, sep="\n"
+            _chunks(turn, service.answer(turn), include_usage),
+            ping=settings.sse_ping_seconds,
+            sep="\n",
         )
-    return JSONResponse(await _completion(turn))
+    return JSONResponse(_completion(turn, await service.complete(turn)))
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -141,24 +143,13 @@ def _extensions(turn: ChatTurn, sources: list[dict[str, Any]]) -> dict[str, Any]
     return extra
 
 
-async def _completion(turn: ChatTurn) -> dict[str, Any]:
-    error: dict[str, Any] | None = None
-    model = ""
-    async for event in turn.events():
-        if event.event == "meta":
-            model = event.data["model"]
-        elif event.event == "error":
-            error = event.data
-    message = turn.result
-    assert message is not None
-    if error is not None:
-        raise UpstreamFailed(error["message"], code=error["code"])
+def _completion(turn: ChatTurn, message: Message) -> dict[str, Any]:
     prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
     return {
         "id": f"chatcmpl-{turn.assistant_message_id}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model or message.model,
+        "model": message.model,
         "choices": [
             {
                 "index": 0,
@@ -176,7 +167,9 @@ async def _completion(turn: ChatTurn) -> dict[str, Any]:
     }
 
 
-async def _chunks(turn: ChatTurn, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+async def _chunks(
+    turn: ChatTurn, events: AsyncIterator[ChatEvent], include_usage: bool
+) -> AsyncIterator[ServerSentEvent]:
     base = {
         "id": f"chatcmpl-{turn.assistant_message_id}",
         "object": "chat.completion.chunk",
@@ -189,7 +182,7 @@ async def _chunks(turn: ChatTurn, include_usage: bool) -> AsyncIterator[ServerSe
         return ServerSentEvent(data=json.dumps({**base, "choices": [choice], **extra}))
 
     sources: list[dict[str, Any]] = []
-    async for event in turn.events():
+    async for event in events:
         if event.event == "meta":
             base["model"] = event.data["model"]
             yield chunk({"role": "assistant", "content": ""})

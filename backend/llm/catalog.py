@@ -1,16 +1,24 @@
-"""Which model answers: the one the request names, else the one a routing rule picks, else
-the first configured; the others follow in order as fallbacks."""
+"""The configured chat models and which one answers: the one the request names, else the one
+a routing rule picks, else the first configured; the others follow in order as fallbacks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backend.errors import InvalidInput
 from backend.llm.base import ChatModelHandle
 from backend.settings import Settings
 
 
-class ModelRouter:
+class UnknownModel(LookupError):
+    """A request named a model that is not configured."""
+
+    def __init__(self, requested: str, choices: Sequence[str]) -> None:
+        super().__init__(f"unknown model {requested!r}; choose one of: {', '.join(choices)}")
+        self.requested = requested
+        self.choices = list(choices)
+
+
+class ModelCatalog:
     def __init__(self, handles: Sequence[ChatModelHandle], *, settings: Settings) -> None:
         if not handles:
             raise ValueError("at least one model is needed")
@@ -28,10 +36,7 @@ class ModelRouter:
 
     def check(self, requested: str | None) -> None:
         if requested is not None and requested not in self.by_id:
-            raise InvalidInput(
-                f"unknown model {requested!r}; choose one of: {', '.join(self.ids())}",
-                field=("body", "model"),
-            )
+            raise UnknownModel(requested, self.ids())
 
     def choose(self, requested: str | None, question: str) -> list[ChatModelHandle]:
         """The model that should answer first, then the rest in fallback order."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,9 +11,8 @@ from httpx_sse import connect_sse
 from backend.llm import ChatModelHandle
 from tests.helpers import (
     LiveServer,
-    build_app,
+    Serve,
     fake_model,
-    live_server,
     register,
     stream_chat,
 )
@@ -29,7 +27,8 @@ def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
     names = result.names()
     assert names[:2] == ["meta", "sources"]
     assert names[-1] == "done"
-    assert set(names[2:-1]) == {"token"} and len(names[2:-1]) > 5
+    assert set(names[2:-1]) == {"token"}
+    assert len(names[2:-1]) > 5
 
     meta = result.first("meta")
     assert set(meta) == {
@@ -48,7 +47,8 @@ def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
 
     done = result.first("done")
     assert done["finish_reason"] == "stop"
-    assert done["usage"]["prompt_tokens"] > 0 and done["usage"]["completion_tokens"] > 0
+    assert done["usage"]["prompt_tokens"] > 0
+    assert done["usage"]["completion_tokens"] > 0
     assert set(done["timings"]) == {"retrieval_ms", "ttft_ms", "total_ms"}
     assert done["timings"]["ttft_ms"] <= done["timings"]["total_ms"]
 
@@ -133,7 +133,8 @@ def test_history_is_pruned_oldest_first_to_fit_the_budget(
     # answer (400 chars) and the question fit; older turns were dropped.
     assert texts[0] == server.components.settings.system_prompt
     assert texts[-1] == "question 3"
-    assert "question 0" not in texts and "question 1" not in texts
+    assert "question 0" not in texts
+    assert "question 1" not in texts
     assert texts[-2] == "x" * 400
 
 
@@ -149,7 +150,8 @@ def test_a_model_failing_mid_stream_sends_an_error_event_and_stores_the_partial_
     assert "done" not in result.names()
     error = result.first("error")
     assert error["code"] == "model_error"
-    assert "Traceback" not in error["message"] and error["message"]
+    assert "Traceback" not in error["message"]
+    assert error["message"]
     assert result.text() == "abcde"
 
     conversation_id = result.first("meta")["conversation_id"]
@@ -185,7 +187,8 @@ def test_a_client_leaving_mid_stream_stops_generation_and_stores_interrupted(
         if len(messages) == 2 and chat.active == 0:
             break
         time.sleep(0.05)
-    assert chat.active == 0 and chat.cancelled == 1
+    assert chat.active == 0
+    assert chat.cancelled == 1
     assistant = messages[1]
     assert assistant["status"] == "interrupted"
     assert assistant["finish_reason"] == "cancelled"
@@ -198,16 +201,12 @@ def test_a_client_leaving_mid_stream_stops_generation_and_stores_interrupted(
 
 
 @pytest.mark.parametrize("model", [fake_model(["a slow answer"], sleep=0.4)])
-def test_idle_streams_get_keep_alive_pings(
-    tmp_path: Path, sqlite_url: str, model: ChatModelHandle
-) -> None:
-    app = build_app(tmp_path, sqlite_url, model=model, sse_ping_seconds=1)
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
-        headers = register(http)
-        with http.stream(
-            "POST", "/chat/stream", json={"message": "Hi"}, headers=headers
-        ) as response:
-            lines = [line for line in response.iter_lines()]
+def test_idle_streams_get_keep_alive_pings(serve: Serve, model: ChatModelHandle) -> None:
+    live = serve(model=model, sse_ping_seconds=1)
+    http = live.http
+    headers = register(http)
+    with http.stream("POST", "/chat/stream", json={"message": "Hi"}, headers=headers) as response:
+        lines = list(response.iter_lines())
     assert any(line.startswith(": ping") for line in lines)
     assert "event: done" in lines
 
@@ -220,7 +219,8 @@ def test_chat_returns_the_answer_as_one_json_response(client: httpx.Client) -> N
     assert body["sources"] == []
     message = body["message"]
     assert message["content"] == "Hello there, how can I help?"
-    assert message["status"] == "complete" and message["role"] == "assistant"
+    assert message["status"] == "complete"
+    assert message["role"] == "assistant"
     stored = client.get(f"/conversations/{body['conversation_id']}", headers=headers).json()
     assert stored["messages"][-1] == message
 

@@ -77,7 +77,7 @@ def test_json_logs_carry_the_request_id_and_instance() -> None:
     )
 
 
-def test_configured_logging_stamps_records_with_the_current_request(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_configured_logging_stamps_records_with_the_current_request(capsys) -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from tests.helpers import build_app, live_server, register, stream_chat
+from tests.helpers import Serve, register, stream_chat
 
 
 @pytest.fixture
-def api(tmp_path: Path, database_url: str) -> Iterator[httpx.Client]:
-    """A live server on each history backend (SQLite, PostgreSQL)."""
-    app = build_app(tmp_path, database_url)
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
-        yield http
+def api(serve: Serve, database_url: str) -> httpx.Client:
+    """A client of a live server on each database (SQLite, PostgreSQL)."""
+    return serve(database_url=database_url).http
 
 
 def test_create_list_get_rename_delete(api: httpx.Client) -> None:
@@ -30,14 +25,17 @@ def test_create_list_get_rename_delete(api: httpx.Client) -> None:
     assert listing["count"] == 2
     assert [c["id"] for c in listing["data"]] == [second["id"], first.json()["id"]]  # newest first
     page = api.get("/conversations", params={"limit": 1, "offset": 1}, headers=headers).json()
-    assert [c["id"] for c in page["data"]] == [first.json()["id"]] and page["count"] == 2
+    assert [c["id"] for c in page["data"]] == [first.json()["id"]]
+    assert page["count"] == 2
 
     renamed = api.patch(
         f"/conversations/{second['id']}", json={"title": "  Groceries "}, headers=headers
     )
-    assert renamed.status_code == 200 and renamed.json()["title"] == "Groceries"
+    assert renamed.status_code == 200
+    assert renamed.json()["title"] == "Groceries"
     detail = api.get(f"/conversations/{second['id']}", headers=headers).json()
-    assert detail["title"] == "Groceries" and detail["messages"] == []
+    assert detail["title"] == "Groceries"
+    assert detail["messages"] == []
 
     assert api.delete(f"/conversations/{second['id']}", headers=headers).status_code == 204
     assert api.get(f"/conversations/{second['id']}", headers=headers).status_code == 404

@@ -19,7 +19,7 @@ import yaml
 from backend.settings import Settings
 from tests.helpers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -72,8 +72,11 @@ def dockerfile(name: str) -> tuple[dict[str, str], list[str], list[str]]:
     for line in last_stage.splitlines():
         if line.startswith("ENV "):
             env.update(re.findall(r"(\w+)=(\S+)", line))
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", last_stage, re.M).group(1))  # type: ignore[union-attr]
-    health = json.loads(re.search(r"HEALTHCHECK .*?CMD (\[.*\])$", last_stage, re.M).group(1))  # type: ignore[union-attr]
+    cmd_line = re.search(r"^CMD (\[.*\])$", last_stage, re.M)
+    health_line = re.search(r"HEALTHCHECK .*?CMD (\[.*\])$", last_stage, re.M)
+    assert cmd_line, "the image has no CMD"
+    assert health_line, "the image has no HEALTHCHECK"
+    cmd, health = json.loads(cmd_line.group(1)), json.loads(health_line.group(1))
     return env, cmd, health
 
 
@@ -90,11 +93,12 @@ def run_image_command(
     return process, full, health
 
 
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
+def wait_for(url: str, process: subprocess.Popen[str], seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {process.stdout.read()[-2000:]}")  # type: ignore[union-attr]
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"exited {process.returncode}: {output[-2000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -145,7 +149,8 @@ def test_make_space_assembles_a_docker_space(tmp_path: Path, part: str, expected
     assert (out / expected).is_file()
     assert (out / "Dockerfile").read_text() == (ROOT / f"Dockerfile.{part}").read_text()
     header = (out / "README.md").read_text().split("---")[1]
-    assert yaml.safe_load(header)["sdk"] == "docker" and yaml.safe_load(header)["app_port"] == 7860
+    assert yaml.safe_load(header)["sdk"] == "docker"
+    assert yaml.safe_load(header)["app_port"] == 7860
     # Every file the Dockerfile copies is there.
     for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", (out / "Dockerfile").read_text(), re.M):
         if not source.startswith("/"):

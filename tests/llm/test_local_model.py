@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ from httpx_sse import connect_sse
 
 from backend.llm import ChatModelHandle
 from backend.llm.local import LlamaCppChatModel, build_local_model
-from tests.helpers import LiveServer, build_app, live_server, make_settings, register, stream_chat
+from tests.helpers import LiveServer, Serve, make_settings, register, stream_chat
 
 pytestmark = pytest.mark.model
 
@@ -25,9 +24,8 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModelHandl
 
 
 @pytest.fixture
-def real_server(tmp_path: Path, sqlite_url: str, smollm2: ChatModelHandle) -> Iterator[LiveServer]:
-    with live_server(build_app(tmp_path, sqlite_url, model=smollm2)) as live:
-        yield live
+def real_server(serve: Serve, smollm2: ChatModelHandle) -> LiveServer:
+    return serve(model=smollm2)
 
 
 def test_the_bundled_model_streams_a_real_answer(real_server: LiveServer) -> None:

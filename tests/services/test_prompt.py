@@ -3,8 +3,12 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from backend.errors import InvalidInput
-from backend.services.prompt import PER_MESSAGE_OVERHEAD, REPLY_PRIMER, build_prompt
+from backend.services.prompt import (
+    PER_MESSAGE_OVERHEAD,
+    REPLY_PRIMER,
+    PromptTooLong,
+    build_prompt,
+)
 
 
 def words(text: str) -> int:
@@ -56,5 +60,5 @@ def test_braces_in_user_text_are_not_template_variables() -> None:
 
 
 def test_a_question_that_cannot_fit_says_what_to_change() -> None:
-    with pytest.raises(InvalidInput, match=r"needs 26 tokens .* only 25 are available"):
+    with pytest.raises(PromptTooLong, match=r"needs 26 tokens .* only 25 are available"):
         build_prompt(system="s", history=[], question="q " * 10, count_tokens=words, budget=25)

@@ -3,36 +3,34 @@ async, streamed and not) and LangChain's ChatOpenAI against a real server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from tests.helpers import LiveServer, build_app, fake_model, live_server, register
+from tests.helpers import LiveServer, Serve, fake_model, register
 
 REPLY = "Glaciers retreat [1]."
 
 
 @pytest.fixture
-def api(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[LiveServer, httpx.Client, str, dict]]:
-    app = build_app(tmp_path, sqlite_url, model=fake_model([REPLY]))
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        headers = register(client)
-        created = client.post("/auth/api-keys", json={"name": "sdk"}, headers=headers)
-        assert created.status_code == 201
-        yield live, client, created.json()["key"], headers
+def api(serve: Serve) -> tuple[LiveServer, httpx.Client, str, dict]:
+    live = serve(model=fake_model([REPLY]))
+    client = live.http
+    headers = register(client)
+    created = client.post("/auth/api-keys", json={"name": "sdk"}, headers=headers)
+    assert created.status_code == 201
+    return live, client, created.json()["key"], headers
 
 
 def sdk(live: LiveServer, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0)
 
 
-def test_api_keys_are_shown_once_listed_and_revoked(api) -> None:  # type: ignore[no-untyped-def]
+def test_api_keys_are_shown_once_listed_and_revoked(api) -> None:
     _live, client, key, headers = api
-    assert key.startswith("rs_") and len(key) > 40
+    assert key.startswith("rs_")
+    assert len(key) > 40
     listed = client.get("/auth/api-keys", headers=headers).json()["data"]
     assert [(k["name"], k["prefix"]) for k in listed] == [("sdk", key[:10])]
     assert key not in str(listed)
@@ -45,13 +43,13 @@ def test_api_keys_are_shown_once_listed_and_revoked(api) -> None:  # type: ignor
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {key}"}).status_code == 401
 
 
-def test_models_list(api) -> None:  # type: ignore[no-untyped-def]
+def test_models_list(api) -> None:
     live, _, key, _ = api
     models = sdk(live, key).models.list()
     assert [m.id for m in models.data] == ["fake-model"]
 
 
-def test_a_completion_with_the_sync_sdk(api) -> None:  # type: ignore[no-untyped-def]
+def test_a_completion_with_the_sync_sdk(api) -> None:
     live, _, key, _ = api
     completion = sdk(live, key).chat.completions.create(
         model="fake-model",
@@ -67,7 +65,9 @@ def test_a_completion_with_the_sync_sdk(api) -> None:  # type: ignore[no-untyped
     assert completion.choices[0].message.content == REPLY
     assert completion.choices[0].finish_reason == "stop"
     assert completion.model == "fake-model"
-    assert completion.usage is not None and completion.usage.total_tokens > 0
+    assert completion.usage is not None
+    assert completion.usage.total_tokens > 0
+    assert completion.model_extra is not None
     assert completion.model_extra["sources"] == []
     prompt = live.components.models.default.chat.prompts[-1]
     assert [(m.type, m.text) for m in prompt] == [
@@ -78,7 +78,7 @@ def test_a_completion_with_the_sync_sdk(api) -> None:  # type: ignore[no-untyped
     ]
 
 
-def test_streaming_with_usage_and_sources_with_the_sync_sdk(api) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_with_usage_and_sources_with_the_sync_sdk(api) -> None:
     live, client, key, headers = api
     client.post(
         "/documents",
@@ -98,13 +98,16 @@ def test_streaming_with_usage_and_sources_with_the_sync_sdk(api) -> None:  # typ
     assert text == REPLY
     last_choice = next(c for c in reversed(chunks) if c.choices)
     assert last_choice.choices[0].finish_reason == "stop"
+    assert last_choice.model_extra is not None
     assert [s["document_id"] for s in last_choice.model_extra["sources"]] == ["ice"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
     # Nothing was stored: no conversation id was given.
     assert client.get("/conversations", headers=headers).json()["count"] == 0
 
 
-async def test_the_async_sdk_streams_and_stores_into_a_conversation(api) -> None:  # type: ignore[no-untyped-def]
+async def test_the_async_sdk_streams_and_stores_into_a_conversation(api) -> None:
     live, client, key, headers = api
     conversation = client.post(
         "/conversations", json={"title": "via openai"}, headers=headers
@@ -132,15 +135,16 @@ async def test_the_async_sdk_streams_and_stores_into_a_conversation(api) -> None
     ]
 
 
-async def test_langchain_chat_openai_works_unchanged(api) -> None:  # type: ignore[no-untyped-def]
+async def test_langchain_chat_openai_works_unchanged(api) -> None:
     live, _, key, _ = api
     chat = ChatOpenAI(model="fake-model", base_url=f"{live.url}/v1", api_key=key, max_retries=0)
     assert chat.invoke("Hi").content == REPLY
-    parts = [chunk.content async for chunk in chat.astream("Hi")]
-    assert "".join(parts) == REPLY and len(parts) > 3
+    parts = [chunk.text async for chunk in chat.astream("Hi")]
+    assert "".join(parts) == REPLY
+    assert len(parts) > 3
 
 
-def test_errors_come_in_openai_shape(api) -> None:  # type: ignore[no-untyped-def]
+def test_errors_come_in_openai_shape(api) -> None:
     live, _, key, _ = api
     client = sdk(live, key)
     with pytest.raises(openai.NotFoundError) as missing:
@@ -150,6 +154,7 @@ def test_errors_come_in_openai_shape(api) -> None:  # type: ignore[no-untyped-de
         client.chat.completions.create(
             model="fake-model", messages=[{"role": "user", "content": "x"}], temperature=5
         )
+    assert isinstance(bad.value.body, dict)
     assert bad.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as last:
         client.chat.completions.create(
@@ -171,7 +176,8 @@ def test_errors_come_in_openai_shape(api) -> None:  # type: ignore[no-untyped-de
         json={"model": "fake-model"},
         headers={"Authorization": f"Bearer {key}"},
     )
-    assert raw.status_code == 400 and set(raw.json()["error"]) == {
+    assert raw.status_code == 400
+    assert set(raw.json()["error"]) == {
         "message",
         "type",
         "param",
@@ -179,19 +185,19 @@ def test_errors_come_in_openai_shape(api) -> None:  # type: ignore[no-untyped-de
     }
 
 
-def test_a_model_failure_reaches_the_sdk_as_an_error(tmp_path: Path, sqlite_url: str) -> None:
-    app = build_app(tmp_path, sqlite_url, model=fake_model(["abcdefgh"], error_on_chunk_number=3))
-    with live_server(app) as live, httpx.Client(base_url=live.url) as client:
-        key = client.post("/auth/api-keys", json={}, headers=register(client)).json()["key"]
-        with pytest.raises(openai.APIError) as failure:
-            list(
-                sdk(live, key).chat.completions.create(
-                    model="fake-model", messages=[{"role": "user", "content": "x"}], stream=True
-                )
-            )
-        assert "model failed" in failure.value.message
-        with pytest.raises(openai.InternalServerError) as status:
+def test_a_model_failure_reaches_the_sdk_as_an_error(serve: Serve) -> None:
+    live = serve(model=fake_model(["abcdefgh"], error_on_chunk_number=3))
+    client = live.http
+    key = client.post("/auth/api-keys", json={}, headers=register(client)).json()["key"]
+    with pytest.raises(openai.APIError) as failure:
+        list(
             sdk(live, key).chat.completions.create(
-                model="fake-model", messages=[{"role": "user", "content": "x"}]
+                model="fake-model", messages=[{"role": "user", "content": "x"}], stream=True
             )
-        assert status.value.status_code == 502
+        )
+    assert "model failed" in failure.value.message
+    with pytest.raises(openai.InternalServerError) as status:
+        sdk(live, key).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "x"}]
+        )
+    assert status.value.status_code == 502

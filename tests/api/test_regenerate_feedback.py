@@ -35,7 +35,8 @@ def test_regenerate_answers_the_last_question_again_as_a_sibling(
     question_id = first.first("meta")["user_message_id"]
 
     again = regenerate(client, headers, conversation_id, retrieval={"enabled": False})
-    assert again.names()[0] == "meta" and again.names()[-1] == "done"
+    assert again.names()[0] == "meta"
+    assert again.names()[-1] == "done"
     assert again.first("meta")["user_message_id"] == question_id
     assert again.text() == "Second."
     # The model saw the same question with the same (empty) history.
@@ -62,7 +63,8 @@ def test_regenerate_needs_a_question_and_an_owner(client: httpx.Client) -> None:
     owner, other = register(client), register(client)
     empty = client.post("/conversations", json={}, headers=owner).json()
     response = client.post(f"/conversations/{empty['id']}/regenerate", headers=owner)
-    assert response.status_code == 422 and "no question" in response.json()["detail"][0]["msg"]
+    assert response.status_code == 422
+    assert "no question" in response.json()["detail"][0]["msg"]
     conversation_id = stream_chat(client, owner, message="mine").first("meta")["conversation_id"]
     assert (
         client.post(f"/conversations/{conversation_id}/regenerate", headers=other).status_code
@@ -76,7 +78,8 @@ def test_feedback_is_stored_with_the_answer_and_can_be_changed(client: httpx.Cli
     meta = result.first("meta")
     url = f"/messages/{meta['assistant_message_id']}/feedback"
     first = client.post(url, json={"rating": 1, "comment": "helpful"}, headers=headers)
-    assert first.status_code == 201 and first.json()["rating"] == 1
+    assert first.status_code == 201
+    assert first.json()["rating"] == 1
     client.post(url, json={"rating": -1, "comment": "on second thought, wrong"}, headers=headers)
     messages = client.get(f"/conversations/{meta['conversation_id']}", headers=headers).json()[
         "messages"
@@ -95,7 +98,8 @@ def test_bad_feedback_is_refused(client: httpx.Client) -> None:
     question = client.post(
         f"/messages/{meta['user_message_id']}/feedback", json={"rating": 1}, headers=owner
     )
-    assert question.status_code == 422 and "only answers" in question.json()["detail"][0]["msg"]
+    assert question.status_code == 422
+    assert "only answers" in question.json()["detail"][0]["msg"]
     assert (
         client.post("/messages/nope/feedback", json={"rating": 1}, headers=owner).status_code == 404
     )

@@ -1,4 +1,4 @@
-"""The history store itself, on SQLite and on the machine's PostgreSQL."""
+"""The database itself, on SQLite and on the machine's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def _fresh(database_url: str) -> AsyncEngine:
 
 @pytest.fixture
 async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on a migrated history store (SQLite and PostgreSQL)."""
+    """Sessions on a migrated database (SQLite and PostgreSQL)."""
     engine = await _fresh(database_url)
     yield session_factory(engine)
     await engine.dispose()
@@ -64,7 +64,7 @@ async def test_migrations_create_the_schema_and_are_idempotent(database_url: str
         await engine.dispose()
 
 
-async def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path) -> None:
     """Several backend processes starting at once on one PostgreSQL: all come up."""
     database = f"replicas_{uuid.uuid4().hex[:8]}"
     admin = postgres_url.rsplit("/", 1)[0]
@@ -86,7 +86,7 @@ async def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_pa
                 script,
                 f"{admin}/{database}",
                 stderr=asyncio.subprocess.PIPE,
-                cwd=Path(__file__).parent.parent,
+                cwd=Path(__file__).parents[2],
             )
             for _ in range(3)
         ]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from backend.retrieval.embedded import EmbeddedVectorStore
-from tests.helpers import LiveServer, build_app, fake_model, live_server, register, stream_chat
+from tests.helpers import LiveServer, Serve, fake_model, register, stream_chat
 
 DOCS = [
     {
@@ -37,12 +35,9 @@ DOCS = [
 
 
 @pytest.fixture
-def api(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[httpx.Client, LiveServer]]:
-    app = build_app(
-        tmp_path, sqlite_url, publishers=["publisher"], chunk_size=200, chunk_overlap=40
-    )
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as http:
-        yield http, live
+def api(serve: Serve) -> tuple[httpx.Client, LiveServer]:
+    live = serve(publishers=["publisher"], chunk_size=200, chunk_overlap=40)
+    return live.http, live
 
 
 def search(client: httpx.Client, headers: dict, query: str, **body: object) -> list[dict]:
@@ -62,16 +57,15 @@ def test_ingest_search_list_and_delete(api: tuple[httpx.Client, LiveServer]) -> 
         ("acuity", "created", "private"),
         ("bathing", "created", "private"),
     ]
-    assert (
-        body["chunks"] == sum(d["chunks"] for d in body["documents"])
-        and body["documents"][0]["chunks"] == 1
-    )
+    assert body["chunks"] == sum(d["chunks"] for d in body["documents"])
+    assert body["documents"][0]["chunks"] == 1
 
     results = search(client, headers, "mitochondria in lace plant leaves")
     assert results[0]["document_id"] == "lace"
     top = results[0]
     assert top["text"].startswith("Programmed cell death")
-    assert top["metadata"]["year"] == 2011 and top["metadata"]["chunk_index"] == 0
+    assert top["metadata"]["year"] == 2011
+    assert top["metadata"]["chunk_index"] == 0
     assert set(top) == {"id", "document_id", "text", "score", "metadata"}
 
     listing = client.get("/documents", headers=headers).json()
@@ -127,7 +121,8 @@ def test_reingesting_replaces_and_identical_content_is_not_stored_twice(
     headers = register(client)
     client.post("/documents", json={"documents": DOCS[:1]}, headers=headers)
     again = client.post("/documents", json={"documents": DOCS[:1]}, headers=headers).json()
-    assert again["documents"][0]["status"] == "unchanged" and again["chunks"] == 0
+    assert again["documents"][0]["status"] == "unchanged"
+    assert again["chunks"] == 0
 
     anonymous = {"text": "Zebrafish regenerate fins quickly."}
     first = client.post("/documents", json={"documents": [anonymous]}, headers=headers).json()
@@ -198,38 +193,38 @@ def test_bad_documents_are_422_and_the_store_is_left_as_it_was(
     response = client.post("/documents", json={"documents": [DOCS[1], document]}, headers=headers)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"][0]
-    assert detail["loc"] == loc and words in detail["msg"]
+    assert detail["loc"] == loc
+    assert words in detail["msg"]
     # All or nothing: the valid document of the batch was not stored either.
     assert [d["id"] for d in client.get("/documents", headers=headers).json()["data"]] == ["lace"]
 
 
-def test_a_failing_store_loses_nothing_already_stored(tmp_path: Path, sqlite_url: str) -> None:
+def test_a_failing_store_loses_nothing_already_stored(serve: Serve) -> None:
     class FlakyStore(EmbeddedVectorStore):
         fail = False
 
-        async def upsert(self, records, *, namespace):  # type: ignore[no-untyped-def]
+        async def upsert(self, records, *, namespace):
             if self.fail:
                 await super().upsert(records[:1], namespace=namespace)  # half-written, then down
                 raise ConnectionError("vector store unreachable")
             await super().upsert(records, namespace=namespace)
 
     store = FlakyStore(None, dimension=384)
-    app = build_app(tmp_path, sqlite_url, store=store)
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        headers = register(client)
-        client.post("/documents", json={"documents": DOCS}, headers=headers)
-        store.fail = True
-        changed = {**DOCS[0], "text": "Entirely new words about zebrafish."}
-        response = client.post("/documents", json={"documents": [changed]}, headers=headers)
-        assert response.status_code == 503
-        assert "vector store" in response.json()["detail"]
-        store.fail = False
-        hits = search(client, headers, "mitochondria lace plant leaves")
-        assert hits[0]["document_id"] == "lace" and hits[0]["text"].startswith(
-            "Programmed cell death"
-        )
-        assert all("zebrafish" not in h["text"] for h in search(client, headers, "zebrafish"))
-        assert client.get("/documents", headers=headers).json()["count"] == 3
+    live = serve(store=store)
+    client = live.http
+    headers = register(client)
+    client.post("/documents", json={"documents": DOCS}, headers=headers)
+    store.fail = True
+    changed = {**DOCS[0], "text": "Entirely new words about zebrafish."}
+    response = client.post("/documents", json={"documents": [changed]}, headers=headers)
+    assert response.status_code == 503
+    assert "vector store" in response.json()["detail"]
+    store.fail = False
+    hits = search(client, headers, "mitochondria lace plant leaves")
+    assert hits[0]["document_id"] == "lace"
+    assert hits[0]["text"].startswith("Programmed cell death")
+    assert all("zebrafish" not in h["text"] for h in search(client, headers, "zebrafish"))
+    assert client.get("/documents", headers=headers).json()["count"] == 3
 
 
 def test_private_documents_never_reach_another_user(api: tuple[httpx.Client, LiveServer]) -> None:
@@ -252,7 +247,8 @@ def test_publishers_share_documents_with_everyone(api: tuple[httpx.Client, LiveS
     denied = client.post(
         "/documents", json={"documents": DOCS, "namespace": "shared"}, headers=reader
     )
-    assert denied.status_code == 403 and "PUBLISHERS" in denied.json()["detail"]
+    assert denied.status_code == 403
+    assert "PUBLISHERS" in denied.json()["detail"]
     shared = client.post(
         "/documents", json={"documents": DOCS[:1], "namespace": "shared"}, headers=publisher
     )
@@ -331,8 +327,10 @@ def test_uploads_of_each_kind(
     )
     assert response.status_code == 201, response.text
     hits = search(client, headers, "glacier", filter={"topic": "ice"})
-    assert len(hits) == 1 and expect in hits[0]["text"]
-    assert "var x" not in hits[0]["text"] and "p{}" not in hits[0]["text"]
+    assert len(hits) == 1
+    assert expect in hits[0]["text"]
+    assert "var x" not in hits[0]["text"]
+    assert "p{}" not in hits[0]["text"]
     assert hits[0]["metadata"]["source"] == filename
     if filename == "page.html":
         assert hits[0]["metadata"]["title"] == "Ice"
@@ -356,55 +354,54 @@ def test_uploads_of_each_kind(
     ],
 )
 def test_bad_uploads_are_refused_clearly(
-    tmp_path: Path, sqlite_url: str, files: dict, data: dict, status: int, words: str
+    serve: Serve, files: dict, data: dict, status: int, words: str
 ) -> None:
-    app = build_app(tmp_path, sqlite_url, max_upload_bytes=2048)
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        headers = register(client)
-        response = client.post("/documents/upload", files=files, data=data, headers=headers)
-        assert response.status_code == status, response.text
-        detail = response.json()["detail"]
-        message = detail if isinstance(detail, str) else detail[0]["msg"]
-        assert words in message
-        assert client.get("/documents", headers=headers).json()["count"] == 0
+    live = serve(max_upload_bytes=2048)
+    client = live.http
+    headers = register(client)
+    response = client.post("/documents/upload", files=files, data=data, headers=headers)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    message = detail if isinstance(detail, str) else detail[0]["msg"]
+    assert words in message
+    assert client.get("/documents", headers=headers).json()["count"] == 0
 
 
-def test_chat_answers_with_numbered_sources_and_stores_them(
-    tmp_path: Path, sqlite_url: str
-) -> None:
+def test_chat_answers_with_numbered_sources_and_stores_them(serve: Serve) -> None:
     model = fake_model(["Mitochondria matter [1]."])
-    app = build_app(tmp_path, sqlite_url, model=model)
-    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        headers = register(client)
-        client.post("/documents", json={"documents": DOCS}, headers=headers)
-        result = stream_chat(
-            client,
-            headers,
-            message="What do mitochondria do in lace plant leaves?",
-            retrieval={"alpha": 0, "top_k": 2, "filter": {"year": 2011}},
-        )
-        assert result.names()[:2] == ["meta", "sources"]
-        sources = result.first("sources")["sources"]
-        assert next(s["document_id"] for s in sources) == "lace"
-        assert all(s["metadata"]["year"] == 2011 for s in sources) and len(sources) <= 2
-        system = live.components.models.default.chat.prompts[-1][0].text
-        assert "[1]\nProgrammed cell death" in system
-        assert "cite" in system
-        stored = client.get(
-            f"/conversations/{result.first('meta')['conversation_id']}", headers=headers
-        ).json()
-        assert stored["messages"][1]["sources"] == sources
-        assert result.first("done")["timings"]["retrieval_ms"] > 0
+    live = serve(model=model)
+    client = live.http
+    headers = register(client)
+    client.post("/documents", json={"documents": DOCS}, headers=headers)
+    result = stream_chat(
+        client,
+        headers,
+        message="What do mitochondria do in lace plant leaves?",
+        retrieval={"alpha": 0, "top_k": 2, "filter": {"year": 2011}},
+    )
+    assert result.names()[:2] == ["meta", "sources"]
+    sources = result.first("sources")["sources"]
+    assert next(s["document_id"] for s in sources) == "lace"
+    assert all(s["metadata"]["year"] == 2011 for s in sources)
+    assert len(sources) <= 2
+    system = live.components.models.default.chat.prompts[-1][0].text
+    assert "[1]\nProgrammed cell death" in system
+    assert "cite" in system
+    stored = client.get(
+        f"/conversations/{result.first('meta')['conversation_id']}", headers=headers
+    ).json()
+    assert stored["messages"][1]["sources"] == sources
+    assert result.first("done")["timings"]["retrieval_ms"] > 0
 
-        off = stream_chat(client, headers, message="mitochondria", retrieval={"enabled": False})
-        assert off.first("sources") == {"sources": []}
-        bad = client.post(
-            "/chat/stream",
-            json={"message": "hi", "retrieval": {"filter": {"year": {"$in": 2011}}}},
-            headers=headers,
-        )
-        assert bad.status_code == 422
-        assert bad.json()["detail"][0]["msg"] == "filter.year.$in: expected a list of values"
+    off = stream_chat(client, headers, message="mitochondria", retrieval={"enabled": False})
+    assert off.first("sources") == {"sources": []}
+    bad = client.post(
+        "/chat/stream",
+        json={"message": "hi", "retrieval": {"filter": {"year": {"$in": 2011}}}},
+        headers=headers,
+    )
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["msg"] == "filter.year.$in: expected a list of values"
 
 
 def test_concurrent_ingestion_and_search_stay_consistent(

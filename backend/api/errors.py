@@ -1,0 +1,108 @@
+"""Errors as HTTP responses: each `ServiceError` kind has one status; errors of the lower
+layers (an unknown model, a prompt that cannot fit) are given the request field they are
+about here, so the layers below know nothing of HTTP. Under `/v1`, OpenAI's error shape."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from backend.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+    UpstreamFailed,
+)
+from backend.llm import UnknownModel
+from backend.services.prompt import PromptTooLong
+
+ERROR_STATUS: dict[type[ServiceError], int] = {
+    NotFound: 404,
+    InvalidInput: 422,
+    Conflict: 409,
+    NotAuthenticated: 401,
+    UpstreamFailed: 502,
+    Forbidden: 403,
+    PayloadTooLarge: 413,
+    Unavailable: 503,
+}
+
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+# Errors of the layers below the API, and the request field each is about.
+REQUEST_FIELDS: dict[type[Exception], tuple[str, ...]] = {
+    UnknownModel: ("body", "model"),
+    PromptTooLong: ("body", "message"),
+}
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def openai_error(status: int, message: str, *, code: str | None, param: str | None) -> JSONResponse:
+    """OpenAI's error shape, for the /v1 routes."""
+    error = {
+        "message": message,
+        "type": OPENAI_TYPES.get(status, "api_error"),
+        "param": param,
+        "code": code,
+    }
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
+    if _is_openai(request):
+        param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None
+        code = exc.code or ("invalid_api_key" if status == 401 else None)
+        # OpenAI answers a bad parameter with 400, where the native API says 422.
+        return openai_error(400 if status == 422 else status, exc.detail, code=code, param=param)
+    detail: object = exc.detail
+    if status == 422 and exc.field:
+        # The same shape as FastAPI's own validation errors, so clients parse one format.
+        detail = [{"loc": list(exc.field), "msg": exc.detail, "type": "value_error"}]
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(request, exc)
+
+
+async def _lower_layer_error(request: Request, exc: Exception) -> JSONResponse:
+    field = next(where for kind, where in REQUEST_FIELDS.items() if isinstance(exc, kind))
+    return service_error_response(request, InvalidInput(str(exc), field=field))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    if not _is_openai(request):
+        return await request_validation_exception_handler(request, exc)
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"][1:])
+    return openai_error(400, f"{param}: {first['msg']}", code="invalid_value", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    for kind in REQUEST_FIELDS:
+        app.add_exception_handler(kind, _lower_layer_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,244 @@
+"""Retrieval quality on a BEIR-layout dataset (corpus.jsonl, queries.jsonl,
+qrels/SPLIT.tsv), measured through the real ingestion and search path: recall@10,
+recall@100, nDCG@10 and MRR for keyword-only, dense-only and hybrid search at several
+alphas, plus timings and a filter check. `python -m backend.cli eval` prints it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+from langchain_core.embeddings import Embeddings
+
+from backend.retrieval.chunking import chunk_text
+from backend.retrieval.retriever import Fusion
+from backend.sources import batches, jsonl_documents
+
+log = logging.getLogger(__name__)
+
+
+def _read_qrels(path: Path) -> dict[str, set[str]]:
+    relevant: dict[str, set[str]] = defaultdict(set)
+    with path.open(encoding="utf-8") as lines:
+        next(lines)  # header
+        for line in lines:
+            query_id, corpus_id, score = line.rstrip("\n").split("\t")
+            if float(score) > 0:
+                relevant[query_id].add(corpus_id)
+    return relevant
+
+
+def _numbers(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Digit strings (a year) become numbers, so range filters work on them."""
+    return {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in metadata.items()}
+
+
+def metrics(ranked: Sequence[str], relevant: set[str]) -> dict[str, float]:
+    gains = [1.0 if doc in relevant else 0.0 for doc in ranked]
+    dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains[:10]))
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
+    first = next((i for i, g in enumerate(gains) if g), None)
+    return {
+        "ndcg@10": dcg / ideal if ideal else 0.0,
+        "recall@10": sum(gains[:10]) / len(relevant),
+        "recall@100": sum(gains[:100]) / len(relevant),
+        "mrr": 1 / (first + 1) if first is not None else 0.0,
+    }
+
+
+def parse_fusions(text: str) -> list[Fusion]:
+    """The fusions named in a comma-separated list, checked."""
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    known: tuple[Fusion, ...] = get_args(Fusion)
+    unknown = [f for f in chosen if f not in known]
+    if unknown:
+        raise SystemExit(f"unknown fusion {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [k for c in chosen for k in known if k == c]
+
+
+class _CachedQueries(Embeddings):
+    """Wraps the embeddings so each query is embedded once across all configurations."""
+
+    def __init__(self, embeddings: Embeddings) -> None:
+        self.inner = embeddings
+        self.cache: dict[str, list[float]] = {}
+
+    def embed_query(self, text: str) -> list[float]:
+        if text not in self.cache:
+            self.cache[text] = self.inner.embed_query(text)
+        return self.cache[text]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+
+async def evaluate(
+    dataset: Path,
+    *,
+    split: str = "test",
+    alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    fusions: Sequence[Fusion] = ("minmax", "convex"),
+    corpus_limit: int | None = None,
+    query_limit: int | None = None,
+    embeddings: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Ingest the dataset into a fresh embedded store and score every configuration."""
+    from backend.components import build_documents, open_database
+    from backend.db import repository
+    from backend.db.engine import session_factory
+    from backend.retrieval.embeddings import build_embeddings
+    from backend.retrieval.filters import matches
+    from backend.settings import Settings
+
+    qrels = _read_qrels(dataset / "qrels" / f"{split}.tsv")
+    queries = {}
+    with (dataset / "queries.jsonl").open(encoding="utf-8") as lines:
+        for line in lines:
+            item = json.loads(line)
+            if item["_id"] in qrels:
+                queries[item["_id"]] = item["text"]
+    query_ids = sorted(queries)[:query_limit] if query_limit else sorted(queries)
+    wanted = set().union(*(qrels[q] for q in query_ids))
+    corpus = []
+    for doc in jsonl_documents(dataset / "corpus.jsonl"):
+        doc.metadata = _numbers(doc.metadata)
+        corpus.append(doc)
+    if corpus_limit and corpus_limit < len(corpus):
+        # Keep every relevant passage, then fill with the others in file order.
+        keep = [d for d in corpus if d.id in wanted]
+        keep += [d for d in corpus if d.id not in wanted][: max(corpus_limit - len(keep), 0)]
+        corpus = keep
+
+    with tempfile.TemporaryDirectory(prefix="ragstream-eval-") as tmp:
+        settings = Settings(
+            _env_file=None,
+            data_dir=Path(tmp),
+            database_url=f"sqlite+aiosqlite:///{tmp}/eval.db",
+            vector_store="embedded",
+            pinecone_api_key=None,
+        )
+        if embeddings is None:
+            embeddings, _ = build_embeddings(settings)
+        cached = _CachedQueries(embeddings)
+        engine = await open_database(settings)
+        sessions = session_factory(engine)
+        async with sessions() as session:
+            user = await repository.create_user(session=session, username="eval", password_hash="-")
+            await session.commit()
+        documents = await build_documents(settings, sessions, embeddings=cached)
+
+        started = time.perf_counter()
+        chunks = 0
+        for batch in batches(iter(corpus), 256):
+            results = await documents.ingest(user=user, documents=batch, operator=True)
+            chunks += sum(r.chunks for r in results)
+            if not quiet:
+                print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
+        ingest_seconds = time.perf_counter() - started
+        if not quiet:
+            print(file=sys.stderr)
+        namespace = documents.readable_namespaces(user, ["private"])
+        # The embedding model alone on the same chunks, for comparison with ingestion.
+        chunk_texts = [
+            c.text
+            for d in corpus
+            for c in chunk_text(d.text, size=settings.chunk_size, overlap=settings.chunk_overlap)
+        ][:1000]
+        started = time.perf_counter()
+        embeddings.embed_documents(chunk_texts)
+        raw_rate = len(chunk_texts) / (time.perf_counter() - started)
+
+        retriever = documents.retriever
+        configurations: list[tuple[str, Fusion, float]] = [
+            ("keyword (BM25)", "minmax", 0.0),
+            ("dense", "minmax", 1.0),
+        ]
+        for fusion in fusions:
+            configurations += [(f"hybrid {fusion}", fusion, a) for a in alphas if 0 < a < 1]
+        rows = []
+        for name, fusion, alpha in configurations:
+            totals: dict[str, float] = defaultdict(float)
+            latencies = []
+            for query_id in query_ids:
+                t0 = time.perf_counter()
+                result = await retriever.search(
+                    queries[query_id],
+                    namespaces=namespace,
+                    top_k=100,
+                    alpha=alpha,
+                    fusion=fusion,
+                )
+                latencies.append((time.perf_counter() - t0) * 1000)
+                ranked = list(dict.fromkeys(p.document_id for p in result.passages))
+                for key, value in metrics(ranked, qrels[query_id]).items():
+                    totals[key] += value
+            n = len(query_ids)
+            rows.append(
+                {
+                    "method": name,
+                    "fusion": fusion,
+                    "alpha": alpha,
+                    **{k: v / n for k, v in totals.items()},
+                    "p50_ms": statistics.median(latencies),
+                }
+            )
+
+        # Filters: every passage returned must satisfy the filter, and filtered search finds
+        # as many relevant passages within the filter as the filter allows.
+        violations = 0
+        checks: list[dict[str, Any]] = [
+            {"section": "RESULTS"},
+            {"year": {"$gte": 2010}},
+            {"$or": [{"section": "CONCLUSIONS"}, {"meshes": "Humans"}]},
+        ]
+        for filter_ in checks:
+            for query_id in query_ids[:100]:
+                result = await retriever.search(
+                    queries[query_id], namespaces=namespace, top_k=20, alpha=0.5, filter_=filter_
+                )
+                violations += sum(not matches(filter_, {**p.metadata}) for p in result.passages)
+        await documents.store.close()
+        await engine.dispose()
+    return {
+        "dataset": dataset.name,
+        "split": split,
+        "queries": len(query_ids),
+        "documents": len(corpus),
+        "chunks": chunks,
+        "ingest_seconds": ingest_seconds,
+        "ingest_chunks_per_s": chunks / ingest_seconds,
+        "raw_embed_chunks_per_s": raw_rate,
+        "rows": rows,
+        "filter_checks": len(checks) * min(len(query_ids), 100),
+        "filter_violations": violations,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    r = report
+    print(f"{r['dataset']} ({r['split']}): {r['queries']} queries, ", end="")
+    print(f"{r['documents']} documents, {r['chunks']} chunks")
+    print(
+        f"ingestion: {r['ingest_seconds']:.1f} s, {r['ingest_chunks_per_s']:.1f} chunks/s ", end=""
+    )
+    print(f"(embedding model alone on the same chunks: {r['raw_embed_chunks_per_s']:.1f} chunks/s)")
+    header = ("method", "alpha", "nDCG@10", "R@10", "R@100", "MRR", "p50 ms")
+    print("{:<16} {:>5} {:>8} {:>7} {:>7} {:>7} {:>7}".format(*header))
+    for row in r["rows"]:
+        values = [row[k] for k in ("alpha", "ndcg@10", "recall@10", "recall@100", "mrr")]
+        print(
+            "{:<16} {:>5.2f} {:>8.4f} {:>7.4f} {:>7.4f} {:>7.4f}".format(row["method"], *values),
+            f"{row['p50_ms']:>7.1f}",
+        )
+    print(f"filter checks: {r['filter_checks']} searches, ", end="")
+    print(f"{r['filter_violations']} passages violating their filter")

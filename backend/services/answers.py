@@ -1,0 +1,146 @@
+"""Storing and observing answers: what one answer has produced so far (`Answer`), and the
+`AnswerRecorder` that writes it to the database and counts it in the metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.db import repository
+from backend.db.models import Conversation, Message
+from backend.llm import ChatModelHandle
+from backend.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """What has been produced of one answer so far (filled in by `ChatService.events`)."""
+
+    conversation_id: str | None  # None: an answer that is not stored
+    message_id: str
+    parent_id: str
+    created_at: datetime
+    started: float  # perf_counter when the question was stored
+    model: ChatModelHandle
+    parts: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] | None = None  # as the model reported it
+    counted_prompt_tokens: int = 0  # as the prompt builder counted it
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    retrieval_ms: float = 0.0
+    status: str = "complete"
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def fail(self, code: str, message: str) -> None:
+        self.status, self.finish_reason = "error", "error"
+        self.error_code, self.error = code, message
+
+    def interrupt(self) -> None:
+        self.status, self.finish_reason = "interrupted", "cancelled"
+
+    def final_usage(self) -> dict[str, int]:
+        """The model's own counts, else the prompt builder's and the tokenizer's."""
+        if self.usage:
+            return self.usage
+        text = self.text
+        return {
+            "prompt_tokens": self.counted_prompt_tokens,
+            "completion_tokens": self.model.count_tokens(text) if text else 0,
+        }
+
+    def timings(self) -> dict[str, float | None]:
+        return {
+            "retrieval_ms": round(self.retrieval_ms, 2),
+            "ttft_ms": _ms(self.first_token_at - self.started) if self.first_token_at else None,
+            "total_ms": _ms(time.perf_counter() - self.started),
+        }
+
+
+class AnswerRecorder:
+    """Writes answers to the database and observes them in the metrics."""
+
+    def __init__(
+        self, *, sessions: async_sessionmaker[AsyncSession], metrics: Metrics | None = None
+    ) -> None:
+        self.sessions = sessions
+        self.metrics = metrics or Metrics()
+
+    async def finish(
+        self, answer: Answer, usage: dict[str, int], timings: dict[str, Any]
+    ) -> Message:
+        """Store the ended answer (when it is stored at all) and count it; returns the row."""
+        fields: dict[str, Any] = {
+            "status": answer.status,
+            "model": answer.model.name,
+            "finish_reason": answer.finish_reason or "stop",
+            "error": answer.error,
+            "timings": timings,
+            "sources": answer.sources,
+            **usage,
+        }
+        self.observe(answer, usage["completion_tokens"] or 0)
+        content = answer.text
+        unsaved = Message(
+            id=answer.message_id,
+            role="assistant",
+            content=content,
+            parent_id=answer.parent_id,
+            created_at=answer.created_at,
+            **fields,
+        )
+        if answer.conversation_id is None:
+            return unsaved
+        async with self.sessions() as session:
+            conversation = await session.get(Conversation, answer.conversation_id)
+            if conversation is None:  # deleted while answering: nothing to attach it to
+                log.info("conversation %s was deleted during its answer", answer.conversation_id)
+                return unsaved
+            message = await repository.add_message(
+                session=session,
+                conversation=conversation,
+                role="assistant",
+                content=content,
+                parent_id=answer.parent_id,
+                message_id=answer.message_id,
+                created_at=answer.created_at,
+                **fields,
+            )
+            await session.commit()
+            return message
+
+    async def interrupted(self, answer: Answer) -> Message:
+        """The reader went away: keep what was said so far (shielded from the cancel)."""
+        answer.interrupt()
+        with anyio.CancelScope(shield=True):
+            stored = await self.finish(answer, answer.final_usage(), answer.timings())
+        return stored
+
+    def observe(self, answer: Answer, tokens: int) -> None:
+        name = answer.model.name
+        self.metrics.answers.labels(name, answer.status).inc()
+        if answer.error_code:
+            self.metrics.errors.labels(answer.error_code).inc()
+        if answer.first_token_at is not None:
+            self.metrics.ttft.labels(name).observe(answer.first_token_at - answer.started)
+            generating = time.perf_counter() - answer.first_token_at
+            if tokens > 1 and generating > 0:
+                self.metrics.tokens_per_second.labels(name).observe(tokens / generating)
+        self.metrics.tokens.labels(name).inc(tokens)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

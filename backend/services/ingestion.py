@@ -1,0 +1,140 @@
+"""Turning documents into the records the vector store keeps: identity (id, content hash,
+revision), chunk ids, chunking, embedding and BM25 encoding. The API, the command-line
+ingester and the bulk pipeline all go through these, so the same document always becomes
+the same records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.db.models import Document
+from backend.errors import InvalidInput
+from backend.retrieval.bm25 import BM25Encoder, CorpusDelta, TermCounts
+from backend.retrieval.chunking import Chunk
+from backend.retrieval.retriever import DOCUMENT_KEY, TEXT_KEY
+from backend.retrieval.store import Record
+from backend.schemas import DocumentIn
+
+RESERVED_KEYS = frozenset({TEXT_KEY, DOCUMENT_KEY, "chunk_index", "chunk_start", "source"})
+MAX_METADATA_BYTES = 8_192  # per document; each chunk adds its text (Pinecone: 40 KB a record)
+
+
+def chunk_id(document_id: str, revision: str, index: int) -> str:
+    """The vector-store id of a document revision's chunk number `index`."""
+    return f"{document_id}#{revision}#{index}"
+
+
+def stored_chunk_ids(document: Document) -> list[str]:
+    """The ids of every chunk a stored document has in the vector store."""
+    return [chunk_id(document.id, document.revision, i) for i in range(document.chunk_count)]
+
+
+@dataclass
+class Identity:
+    """Who a document is: its id (given, or derived from its text), the hash of its text,
+    and a revision that changes with its text, metadata or source."""
+
+    id: str
+    content_hash: str
+    revision: str
+
+    @classmethod
+    def of(cls, document: DocumentIn) -> Identity:
+        content_hash = hashlib.sha256(document.text.encode()).hexdigest()
+        revision = hashlib.sha256(
+            (
+                content_hash
+                + json.dumps(document.metadata, sort_keys=True)
+                + (document.source or "")
+            ).encode()
+        ).hexdigest()[:12]
+        return cls(document.id or f"doc-{content_hash[:24]}", content_hash, revision)
+
+
+@dataclass
+class Preparation:
+    """One document on its way into the store: its chunks as records, what they add to
+    the BM25 statistics, and the stored document it replaces (if any)."""
+
+    document: DocumentIn
+    identity: Identity
+    chunks: list[Chunk]
+    old: Document | None
+    records: list[Record] = field(default_factory=list)  # filled in by `build_records`
+    delta: CorpusDelta = field(default_factory=CorpusDelta)
+
+    @property
+    def id(self) -> str:
+        return self.identity.id
+
+
+def check_metadata(metadata: Any, where: tuple[str | int, ...]) -> None:
+    """Metadata Pinecone accepts, without the keys the service sets itself."""
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be an object", field=where)
+    for key, value in metadata.items():
+        here = (*where, key)
+        if not key or key.startswith("$"):
+            raise InvalidInput("metadata keys must be non-empty and not start with '$'", field=here)
+        if key in RESERVED_KEYS:
+            raise InvalidInput(f"{key!r} is set by the service; choose another key", field=here)
+        ok = (
+            isinstance(value, str | bool)
+            or (isinstance(value, int | float) and math.isfinite(value))
+            or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        )
+        if not ok:
+            raise InvalidInput(
+                "metadata values must be strings, numbers, booleans or lists of strings "
+                "(no null, no nested objects)",
+                field=here,
+            )
+    size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}", field=where
+        )
+
+
+def build_records(
+    preparations: Sequence[Preparation],
+    *,
+    embed: Callable[[list[str]], list[list[float]]],
+    encoder: BM25Encoder,
+) -> None:
+    """Embed and BM25-encode the chunks of `preparations` (one batch), filling in their
+    records and statistics deltas. Sparse vectors are encoded against the statistics as
+    they will be once the batch is stored."""
+    texts = [chunk.text for p in preparations for chunk in p.chunks]
+    counts: list[TermCounts] = [encoder.term_counts(text) for text in texts]
+    vectors = embed(texts) if texts else []
+    pending = CorpusDelta.of(counts)
+    position = 0
+    for p in preparations:
+        records = []
+        for chunk in p.chunks:
+            metadata = {
+                **p.document.metadata,
+                TEXT_KEY: chunk.text,
+                DOCUMENT_KEY: p.id,
+                "chunk_index": chunk.index,
+                "chunk_start": chunk.start,
+            }
+            if p.document.source:
+                metadata["source"] = p.document.source
+            records.append(
+                Record(
+                    id=chunk_id(p.id, p.identity.revision, chunk.index),
+                    values=[float(v) for v in vectors[position]],
+                    sparse=encoder.encode_document(counts[position], pending=pending),
+                    metadata=metadata,
+                )
+            )
+            position += 1
+        p.records = records
+        p.delta = CorpusDelta.of(counts[position - len(p.chunks) : position])
