@@ -14,8 +14,6 @@ class UnknownModel(LookupError):
 
     def __init__(self, requested: str, choices: Sequence[str]) -> None:
         super().__init__(f"unknown model {requested!r}; choose one of: {', '.join(choices)}")
-        self.requested = requested
-        self.choices = list(choices)
 
 
 class ModelCatalog:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+from langchain_core.messages import AIMessageChunk
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Answer:
-    """What has been produced of one answer so far (filled in by `ChatService.events`)."""
+    """What has been produced of one answer so far (filled in by `ChatService.answer`)."""
 
     conversation_id: str | None  # None: an answer that is not stored
     message_id: str
@@ -44,6 +45,21 @@ class Answer:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def take(self, chunk: AIMessageChunk) -> str:
+        """Note a model chunk (usage, finish reason, text); returns its text."""
+        if chunk.usage_metadata:
+            self.usage = {
+                "prompt_tokens": chunk.usage_metadata["input_tokens"],
+                "completion_tokens": chunk.usage_metadata["output_tokens"],
+            }
+        self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
+        text = chunk.text
+        if text:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self.parts.append(text)
+        return text
 
     def fail(self, code: str, message: str) -> None:
         self.status, self.finish_reason = "error", "error"
@@ -79,16 +95,16 @@ class AnswerRecorder:
         self.sessions = sessions
         self.metrics = metrics or Metrics()
 
-    async def finish(
-        self, answer: Answer, usage: dict[str, int], timings: dict[str, Any]
-    ) -> Message:
-        """Store the ended answer (when it is stored at all) and count it; returns the row."""
+    async def finish(self, answer: Answer) -> Message:
+        """Store the ended answer (when it is stored at all) and count it; returns the row
+        (unsaved when the answer is not stored)."""
+        usage = answer.final_usage()
         fields: dict[str, Any] = {
             "status": answer.status,
             "model": answer.model.name,
             "finish_reason": answer.finish_reason or "stop",
             "error": answer.error,
-            "timings": timings,
+            "timings": answer.timings(),
             "sources": answer.sources,
             **usage,
         }
@@ -126,7 +142,7 @@ class AnswerRecorder:
         """The reader went away: keep what was said so far (shielded from the cancel)."""
         answer.interrupt()
         with anyio.CancelScope(shield=True):
-            stored = await self.finish(answer, answer.final_usage(), answer.timings())
+            stored = await self.finish(answer)
         return stored
 
     def observe(self, answer: Answer, tokens: int) -> None:

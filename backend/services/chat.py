@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -279,9 +279,23 @@ class ChatService:
         answer.fail(failure.code, failure.user_message())
         return None
 
+    async def _begin(self, turn: ChatTurn, answer: Answer) -> ModelStream | None:
+        """Retrieval, prompt and the first model that starts answering; None (and `answer`
+        failed) if none does. Fills in the answer's model, sources and prompt size."""
+        passages = await self._retrieve(turn, answer)
+        opened = None if answer.status == "error" else await self._open(turn, passages, answer)
+        if opened is None:
+            return None
+        stream, prompt = opened
+        answer.model = stream.handle
+        answer.counted_prompt_tokens = prompt.prompt_tokens
+        answer.sources = [p.as_source() for p in passages[: prompt.sources_used]]
+        return stream
+
     async def answer(self, turn: ChatTurn) -> AsyncGenerator[ChatEvent, None]:
         """The answer's events: `meta`, `sources`, `token`..., then `done` or `error`, the
-        answer stored before the last one; a reader that leaves keeps it `interrupted`."""
+        answer stored before the last one; a reader that leaves keeps it `interrupted`.
+        One generator from model chunk to event: this loop runs once per token."""
         answer = Answer(
             conversation_id=turn.conversation_id,
             message_id=turn.assistant_message_id,
@@ -291,59 +305,40 @@ class ChatService:
             model=turn.models[0],
         )
         try:
-            async for event in self._generate(turn, answer):
-                yield event
+            stream = await self._begin(turn, answer)
+            yield self._meta(turn, answer.model)
+            if stream is not None:
+                yield ChatEvent("sources", {"sources": answer.sources})
+                try:
+                    async for chunk in stream.chunks():
+                        if text := answer.take(chunk):
+                            yield ChatEvent("token", {"text": text})
+                except ModelFailure as exc:
+                    log.warning("model %s failed mid-answer: %s", stream.handle.name, exc)
+                    answer.fail(exc.code, exc.user_message())
+                except Exception:
+                    log.exception("model %s failed mid-answer", stream.handle.name)
+                    answer.fail(
+                        "model_error", "The model failed while answering; please try again."
+                    )
         except (asyncio.CancelledError, GeneratorExit):
             await self.recorder.interrupted(answer)
             raise
-        usage, timings = answer.final_usage(), answer.timings()
-        stored = await self.recorder.finish(answer, usage, timings)
+        stored = await self.recorder.finish(answer)
         if answer.status == "error":
             error = {"code": answer.error_code, "message": answer.error}
             yield ChatEvent("error", error, stored)
             return
         done = {
-            "finish_reason": answer.finish_reason or "stop",
+            "finish_reason": stored.finish_reason,
             "model": answer.model.name,
-            "usage": usage,
-            "timings": timings,
+            "usage": {
+                "prompt_tokens": stored.prompt_tokens,
+                "completion_tokens": stored.completion_tokens,
+            },
+            "timings": stored.timings,
         }
         yield ChatEvent("done", done, stored)
-
-    async def _generate(self, turn: ChatTurn, answer: Answer) -> AsyncIterator[ChatEvent]:
-        """Retrieval, prompt, model: every event but the last, filling in `answer`."""
-        passages = await self._retrieve(turn, answer)
-        opened = None if answer.status == "error" else await self._open(turn, passages, answer)
-        if opened is None:
-            yield self._meta(turn, answer.model)
-            return
-        stream, prompt = opened
-        answer.model = stream.handle
-        answer.counted_prompt_tokens = prompt.prompt_tokens
-        answer.sources = [p.as_source() for p in passages[: prompt.sources_used]]
-        yield self._meta(turn, stream.handle)
-        yield ChatEvent("sources", {"sources": answer.sources})
-        try:
-            async for chunk in stream.chunks():
-                if chunk.usage_metadata:
-                    answer.usage = {
-                        "prompt_tokens": chunk.usage_metadata["input_tokens"],
-                        "completion_tokens": chunk.usage_metadata["output_tokens"],
-                    }
-                answer.finish_reason = (
-                    chunk.response_metadata.get("finish_reason") or answer.finish_reason
-                )
-                if text := chunk.text:
-                    if answer.first_token_at is None:
-                        answer.first_token_at = time.perf_counter()
-                    answer.parts.append(text)
-                    yield ChatEvent("token", {"text": text})
-        except ModelFailure as exc:
-            log.warning("model %s failed mid-answer: %s", stream.handle.name, exc)
-            answer.fail(exc.code, exc.user_message())
-        except Exception:
-            log.exception("model %s failed mid-answer", stream.handle.name)
-            answer.fail("model_error", "The model failed while answering; please try again.")
 
 
 def _title_of(passage: Passage) -> str | None:

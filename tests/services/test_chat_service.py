@@ -45,12 +45,20 @@ class Pipeline:
         )
 
     @staticmethod
-    async def _stored(answer: Answer, usage: dict[str, int], timings: dict[str, Any]) -> Message:
-        return Message(id=answer.message_id, role="assistant", content=answer.text)
+    async def _stored(answer: Answer) -> Message:
+        usage = answer.final_usage()
+        return Message(
+            id=answer.message_id,
+            role="assistant",
+            content=answer.text,
+            finish_reason=answer.finish_reason or "stop",
+            timings=answer.timings(),
+            **usage,
+        )
 
     async def _interrupted(self, answer: Answer) -> Message:
         answer.interrupt()
-        return await self._stored(answer, answer.final_usage(), answer.timings())
+        return await self._stored(answer)
 
     async def events(self, message: str = "Why?", **options: Any) -> list[ChatEvent]:
         turn = await self.service.start(

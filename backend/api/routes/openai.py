@@ -19,7 +19,6 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser, SettingsDep
 from backend.db.models import Message
 from backend.errors import InvalidInput, NotFound
-from backend.llm import UnknownModel
 from backend.schemas import GenerationOptions
 from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
 
@@ -104,14 +103,12 @@ async def chat_completions(
     settings: SettingsDep,
 ) -> JSONResponse | EventSourceResponse:
     """Chat completion in OpenAI's format, grounded in your documents."""
-    try:
-        components.models.check(body.model)
-    except UnknownModel as exc:
+    if body.model not in components.models.by_id:  # OpenAI's answer: 404 model_not_found
         raise NotFound(
             f"The model '{body.model}' does not exist; GET /v1/models lists the models",
             field=("body", "model"),
             code="model_not_found",
-        ) from exc
+        )
     system, history, question = _split(body.messages)
     turn = await service.start(
         user=user,
