@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import uvicorn
-from pydantic import ValidationError
 
 from backend.app import create_app
 from backend.logs import configure as configure_logging
-from backend.settings import get_settings
+from backend.settings import settings_or_exit
 
 
 def main() -> None:
-    try:
-        settings = get_settings()
-    except ValidationError as exc:
-        print(f"ragstream: invalid settings:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    settings = settings_or_exit()
     configure_logging(
         level=settings.log_level, fmt=settings.log_format, instance=settings.instance_name
     )

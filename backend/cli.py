@@ -32,9 +32,9 @@ async def _ingest(args: argparse.Namespace) -> int:
     from backend.components import build_documents, open_database
     from backend.db import repository
     from backend.db.engine import session_factory
-    from backend.settings import get_settings
+    from backend.settings import settings_or_exit
 
-    settings = get_settings()
+    settings = settings_or_exit()
     engine = await open_database(settings)
     sessions = session_factory(engine)
     try:

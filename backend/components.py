@@ -19,7 +19,7 @@ from backend.retrieval.store import VectorStore
 from backend.services.answers import AnswerRecorder
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
-from backend.settings import Settings
+from backend.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
             from backend.retrieval.pinecone_store import PineconeVectorStore
 
             store = PineconeVectorStore(
-                api_key=settings.pinecone_api_key or "",
+                api_key=reveal(settings.pinecone_api_key) or "",
                 dimension=dimension,
                 host=settings.pinecone_host,
                 index_name=settings.pinecone_index,

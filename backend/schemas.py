@@ -25,6 +25,15 @@ class UserPublic(BaseModel):
     created_at: datetime
 
 
+class Me(UserPublic):
+    """The caller, with what it may do."""
+
+    can_publish: bool = Field(
+        description="Whether this user may publish to the shared namespace (PUBLISHERS)."
+    )
+    max_upload_bytes: int = Field(description="Largest file /documents/upload accepts.")
+
+
 class Token(BaseModel):
     access_token: str
     token_type: str = "bearer"

@@ -1,14 +1,27 @@
-"""All settings of the backend, read from the environment and `.env` (see `.env.example`)."""
+"""All settings of the backend, read from the environment and `.env` (see `.env.example`).
+
+Secrets (the fields typed `SecretStr`) may also come from files, as Docker, Kubernetes and
+Spaces mount them: `<NAME>_FILE` names the file, or a file called `<NAME>` (or `<name>`)
+lies in SECRETS_DIR (`/run/secrets`). The environment wins, then `<NAME>_FILE`, then the
+directory. A secret's value never appears in a repr, a log line or an error."""
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_SECRET_KEY = "development-only-secret-key-change-me"
 
@@ -41,7 +54,9 @@ class ModelSpec(BaseModel):
 class Settings(BaseSettings):
     """The one validated settings object; reach it through `get_settings()`."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # --- serving -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `python -m backend` listens on.")
@@ -66,14 +81,19 @@ class Settings(BaseSettings):
         Path("./data"),
         description="Where the SQLite file, the embedded store and other state live.",
     )
-    database_url: str | None = Field(
+    secrets_dir: Path = Field(
+        Path("/run/secrets"),
+        description="Folder of secret files, one per secret setting, named after it "
+        "(Docker/Kubernetes secrets).",
+    )
+    database_url: SecretStr | None = Field(
         None,
         description="SQLAlchemy URL of the database; default: SQLite file in DATA_DIR. "
         "`postgresql://...` URLs use the asyncpg driver.",
     )
 
     # --- auth --------------------------------------------------------------------------------
-    secret_key: str = Field(DEFAULT_SECRET_KEY, description="JWT signing key.")
+    secret_key: SecretStr = Field(SecretStr(DEFAULT_SECRET_KEY), description="JWT signing key.")
     access_token_minutes: int = Field(
         60 * 24, ge=1, description="Lifetime of an access token, in minutes."
     )
@@ -86,8 +106,10 @@ class Settings(BaseSettings):
         None, description="Model id; for `local`, a path to a GGUF file (default: bundled SmolLM2)."
     )
     llm_base_url: str | None = Field(None, description="Endpoint URL of a remote model server.")
-    llm_api_key: str | None = Field(None, description="Key for an openai-compatible provider.")
-    hf_token: str | None = Field(None, description="Hugging Face token (production model).")
+    llm_api_key: SecretStr | None = Field(
+        None, description="Key for an openai-compatible provider."
+    )
+    hf_token: SecretStr | None = Field(None, description="Hugging Face token (production model).")
     llm_models: list[ModelSpec] = Field(
         default_factory=list,
         description="Ordered models as a JSON list of {id, provider, model, base_url, "
@@ -147,7 +169,7 @@ class Settings(BaseSettings):
     vector_store: Literal["embedded", "pinecone"] | None = Field(
         None, description="`pinecone` when PINECONE_API_KEY is set, else `embedded`."
     )
-    pinecone_api_key: str | None = Field(None, description="Pinecone API key.")
+    pinecone_api_key: SecretStr | None = Field(None, description="Pinecone API key.")
     pinecone_index: str | None = Field(
         None, description="Pinecone index name (its host is looked up) when PINECONE_HOST is unset."
     )
@@ -197,13 +219,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.environment != "development" and self.secret_key == DEFAULT_SECRET_KEY:
+        secret_key = self.secret_key.get_secret_value()
+        if self.environment != "development" and secret_key == DEFAULT_SECRET_KEY:
             raise ValueError(
                 "SECRET_KEY is the built-in development key; set SECRET_KEY to a long random "
                 "string (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
                 "or set ENVIRONMENT=development."
             )
-        if self.environment != "development" and len(self.secret_key) < 32:
+        if self.environment != "development" and len(secret_key) < 32:
             raise ValueError(
                 "SECRET_KEY is shorter than 32 characters; set a long random string "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
@@ -272,10 +295,86 @@ class Settings(BaseSettings):
         from backend.db.engine import async_driver_url
 
         return async_driver_url(
-            self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ragstream.db'}"
+            reveal(self.database_url) or f"sqlite+aiosqlite:///{self.data_dir / 'ragstream.db'}"
         )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings, SecretFiles(settings_cls)
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The value of an optional secret, for the one place that hands it on."""
+    return secret.get_secret_value() if secret is not None else None
+
+
+def secret_settings(settings_cls: type[BaseModel] | None = None) -> list[str]:
+    """Names of the secret settings: the fields typed `SecretStr`."""
+    fields = (settings_cls or Settings).model_fields
+    return [
+        name
+        for name, field in fields.items()
+        if field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation)
+    ]
+
+
+class SecretFileError(RuntimeError):
+    """A secret file that is named but cannot be read; the message names the file only."""
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secret settings from files: `<NAME>_FILE`, else `<SECRETS_DIR>/<NAME>` (or `<name>`).
+
+    Runs after the environment and `.env`, so a secret set there is never looked up."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        given = self.current_state  # what the environment and .env already set
+        directory = Path(given.get("secrets_dir") or os.environ.get("SECRETS_DIR", "/run/secrets"))
+        found: dict[str, Any] = {}
+        for name in secret_settings(self.settings_cls):
+            if given.get(name) is not None:
+                continue
+            variable = f"{name.upper()}_FILE"
+            value = None
+            if os.environ.get(variable):
+                value = read_secret(Path(os.environ[variable]), variable)
+            else:
+                for candidate in (directory / name.upper(), directory / name):
+                    if candidate.is_file():
+                        value = read_secret(candidate, "SECRETS_DIR")
+                        break
+            if value:  # an empty file (compose's placeholder hf_token, say) sets nothing
+                found[name] = value
+        return found
+
+
+def read_secret(path: Path, origin: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SecretFileError(f"{origin}: cannot read the secret file {path} ({reason})") from None
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or exit 2 with the reason on stderr (a file's name, never a secret)."""
+    try:
+        return get_settings()
+    except (ValidationError, SecretFileError) as exc:
+        print(f"ragstream: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None

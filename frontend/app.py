@@ -268,34 +268,58 @@ def chat(client: BackendClient, options: dict[str, Any]) -> None:
 
 
 # --- documents -----------------------------------------------------------------------------
-def documents(client: BackendClient) -> None:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+UPLOADED = {
+    "created": "added",
+    "updated": "replaced the earlier version",
+    "unchanged": "already there, unchanged",
+}
+
+
+def upload_limit_mb(me: dict[str, Any]) -> int:
+    """The uploader's limit: the backend's, in whole MB, within the app server's own."""
+    backend = max(1, me["max_upload_bytes"] // 2**20)
+    return min(backend, int(st.get_option("server.maxUploadSize")))
+
+
+def documents(client: BackendClient, me: dict[str, Any]) -> None:
     with st.form("upload", clear_on_submit=True):
-        file = st.file_uploader("Add a document (.txt, .md, .html, .pdf)",
-                                type=["txt", "md", "markdown", "html", "htm", "pdf"])  # fmt: skip
-        metadata = st.text_input("Metadata as JSON (optional)", placeholder='{"team": "finance"}')
-        namespace = st.radio(
-            "Visible to",
-            ["private", "shared"],
-            horizontal=True,
-            format_func=lambda n: "only me" if n == "private" else "everyone",
+        file = st.file_uploader(
+            "Add a document (.txt, .md, .html, .pdf)",
+            type=["txt", "md", "markdown", "html", "htm", "pdf"],
+            max_upload_size=upload_limit_mb(me),
         )
+        metadata = st.text_input("Metadata as JSON (optional)", placeholder='{"team": "finance"}')
+        namespace = "private"
+        if me["can_publish"]:  # only publishers may write to the shared namespace
+            namespace = st.radio(
+                "Visible to",
+                ["private", "shared"],
+                horizontal=True,
+                format_func=lambda n: "only me" if n == "private" else "everyone",
+            )
         if st.form_submit_button("Upload") and file is not None:
             try:
                 meta = json.loads(metadata) if metadata.strip() else {}
                 result = client.upload(file.name, file.getvalue(), meta, namespace)
                 doc = result["documents"][0]
-                st.success(f"{file.name}: {doc['status']}, {doc['chunks']} chunks")
+                chunks = plural(doc["chunks"], "passage")
+                st.success(f"{file.name}: {UPLOADED.get(doc['status'], doc['status'])} ({chunks})")
             except json.JSONDecodeError as exc:
-                st.error(f"Metadata is not JSON: {exc.msg}")
+                st.error(f"The metadata is not JSON: {exc.msg} (column {exc.colno}).")
             except BackendError as exc:
-                st.error(exc.message)
+                st.error(f"{file.name} was not added: {'; '.join(exc.reasons)}")
     docs = client.documents()
     st.subheader(f"Your documents ({len(docs)})")
     for doc in docs:
         name, size, action = st.columns([6, 2, 1])
         title = doc["metadata"].get("title") or doc["source"] or doc["id"]
-        name.markdown(f"**{title}** · {doc['namespace']}")
-        size.caption(f"{doc['chunk_count']} chunks")
+        visible = "everyone" if doc["namespace"] == "shared" else "only you"
+        name.markdown(f"**{title}** · {visible}")
+        size.caption(plural(doc["chunk_count"], "passage"))
         if action.button("🗑", key=f"del-{doc['namespace']}-{doc['id']}", help="Delete"):
             client.delete_document(doc["id"], doc["namespace"])
             st.rerun()
@@ -324,7 +348,7 @@ def main() -> None:
         with chat_tab:
             chat(client, options)
         with docs_tab:
-            documents(client)
+            documents(client, me)
     except BackendError as exc:
         if exc.status == 401:
             state.token, state.conversation_id = None, None

@@ -10,6 +10,13 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+IN_WORDS = {
+    413: "the request is larger than the server in front of the backend accepts",
+    502: "the backend is not answering",
+    503: "the backend is not available right now; try again shortly",
+    504: "the backend took too long to answer",
+}
+
 
 class BackendError(Exception):
     """The backend refused the request or could not be reached; `message` is for people,
@@ -20,11 +27,13 @@ class BackendError(Exception):
         message: str,
         status: int | None = None,
         locations: list[tuple[str | int, ...]] | None = None,
+        reasons: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.locations = locations or []
+        self.reasons = reasons or [message]  # without the field names, for a known field
 
     def is_about(self, *field: str | int) -> bool:
         """Whether a refused field is `field` or lies inside it."""
@@ -34,8 +43,10 @@ class BackendError(Exception):
     def of(cls, response: httpx.Response) -> BackendError:
         try:
             detail = response.json().get("detail", response.text)
-        except ValueError:
-            return cls(response.text or response.reason_phrase, response.status_code)
+        except (ValueError, AttributeError):
+            # Not ours: a proxy's HTML page, say. Words instead of markup.
+            return cls(IN_WORDS.get(response.status_code, response.reason_phrase)
+                       + f" (HTTP {response.status_code})", response.status_code)  # fmt: skip
         if not isinstance(detail, list):
             return cls(str(detail), response.status_code)
         # Validation errors: "field: message" each, the field without its "body" prefix.
@@ -43,7 +54,8 @@ class BackendError(Exception):
             f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail
         )
         locations = [tuple(d.get("loc", [])) for d in detail]
-        return cls(message, response.status_code, locations)
+        reasons = [str(d.get("msg")) for d in detail]
+        return cls(message, response.status_code, locations, reasons)
 
 
 @dataclass

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Assemble a Hugging Face Space (Docker SDK) for the backend or the frontend in DIR:
-# the files the image needs, the Dockerfile under its Space name, and the Space's README
-# header. Then: cd DIR && git init && git remote add space https://huggingface.co/spaces/YOU/NAME
+# Assemble a Hugging Face Space (Docker SDK) in DIR: the backend, the frontend, or both in
+# one container (`combined`: one free Space); the files the image needs, the Dockerfile
+# under its Space name, and the Space's README header. Then: cd DIR && git init && git remote add space https://huggingface.co/spaces/YOU/NAME
 # && git add -A && git commit -m "ragstream" && git push space main
 set -euo pipefail
-part=${1:?usage: scripts/make-space.sh backend|frontend DIR}
-out=${2:?usage: scripts/make-space.sh backend|frontend DIR}
+part=${1:?usage: scripts/make-space.sh backend|frontend|combined DIR}
+out=${2:?usage: scripts/make-space.sh backend|frontend|combined DIR}
 cd "$(dirname "$0")/.."
 case "$part" in
-  backend)  files=(backend alembic.ini requirements-backend.txt); title="ragstream API" ;;
-  frontend) files=(frontend requirements-frontend.txt); title="ragstream chat" ;;
-  *) echo "usage: scripts/make-space.sh backend|frontend DIR" >&2; exit 2 ;;
+  backend)  files=(backend alembic.ini requirements-backend.txt); title="ragstream API"
+            dockerfile=Dockerfile.backend ;;
+  frontend) files=(frontend .streamlit requirements-frontend.txt); title="ragstream chat"
+            dockerfile=Dockerfile.frontend ;;
+  combined) files=(backend frontend .streamlit alembic.ini requirements-backend.txt
+                   requirements-frontend.txt scripts/space-entrypoint.sh)
+            title="ragstream"; dockerfile=Dockerfile.space ;;
+  *) echo "usage: scripts/make-space.sh backend|frontend|combined DIR" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 for f in "${files[@]}"; do
-  cp -R "$f" "$out/"
+  mkdir -p "$out/$(dirname "$f")"
+  cp -R "$f" "$out/$(dirname "$f")/"
 done
 find "$out" -name __pycache__ -type d -prune -exec rm -rf {} +
-cp "Dockerfile.$part" "$out/Dockerfile"
+cp "$dockerfile" "$out/Dockerfile"
 cat > "$out/README.md" <<README
 ---
 title: $title

@@ -23,8 +23,7 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 
-.venv/bin/streamlit run frontend/app.py --server.port "$FRONTEND_PORT" --server.address "$HOST" \
-  --server.headless true --browser.gatherUsageStats false >/dev/null &
+.venv/bin/streamlit run frontend/app.py --server.port "$FRONTEND_PORT" --server.address "$HOST" >/dev/null &
 frontend=$!
 echo
 echo "  ragstream is running."

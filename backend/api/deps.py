@@ -60,7 +60,7 @@ async def get_current_user(
                 await session.commit()
         return found[1]
     try:
-        user_id = decode_access_token(token, secret_key=settings.secret_key)
+        user_id = decode_access_token(token, secret_key=settings.secret_key.get_secret_value())
     except InvalidToken as exc:
         raise NotAuthenticated(f"{exc}; log in again") from exc
     async with components.sessions() as session:

@@ -10,7 +10,7 @@ from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
 from langchain_openai import ChatOpenAI
 
 from backend.llm.base import ChatModelHandle
-from backend.settings import ModelSpec, Settings
+from backend.settings import ModelSpec, Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     if not spec.base_url and not settings.hf_token:
         raise RuntimeError(f"model {spec.name!r}: the Hugging Face router needs HF_TOKEN.")
     common = {
-        "huggingfacehub_api_token": settings.hf_token,
+        "huggingfacehub_api_token": reveal(settings.hf_token),
         "task": "text-generation",
         "max_new_tokens": settings.max_tokens_default,
         "temperature": settings.temperature_default,
@@ -38,14 +38,14 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     if spec.base_url:
         # langchain-huggingface sends HF_TOKEN only to Hugging Face hosts (dedicated
         # endpoints); a self-hosted TGI that wants a key gets LLM_API_KEY instead.
-        key = settings.llm_api_key
+        key = reveal(settings.llm_api_key)
         llm = HuggingFaceEndpoint(
             endpoint_url=spec.base_url,
             server_kwargs={"headers": {"Authorization": f"Bearer {key}"}} if key else {},
             **common,
         )
     else:
-        if not (settings.hf_token or "").startswith("hf_"):
+        if not (reveal(settings.hf_token) or "").startswith("hf_"):
             raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
         llm = HuggingFaceEndpoint(repo_id=model, **common)
     chat = ChatHuggingFace(llm=llm, stream_usage=True)
@@ -80,7 +80,7 @@ def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHan
     chat = CompatibleChatOpenAI(
         model=spec.model or "",
         base_url=base_url,
-        api_key=settings.llm_api_key or "not-needed",  # local servers accept any key
+        api_key=reveal(settings.llm_api_key) or "not-needed",  # local servers accept any key
         timeout=_timeout(settings),
         max_retries=0,  # retries are ours: before the first token only
         streaming=True,

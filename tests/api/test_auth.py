@@ -27,6 +27,8 @@ def test_register_login_and_me(client: httpx.Client) -> None:
     me = client.get("/auth/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
     assert me.status_code == 200
     assert me.json()["id"] == created.json()["id"]
+    assert me.json()["can_publish"] is False
+    assert me.json()["max_upload_bytes"] == 20 * 2**20
 
 
 def test_passwords_are_stored_as_argon2_hashes(client: httpx.Client, server: LiveServer) -> None:
@@ -105,7 +107,9 @@ def test_expired_foreign_and_orphan_tokens_are_401(
     headers = register(client)
     user_id = client.get("/auth/me", headers=headers).json()["id"]
 
-    expired = create_access_token(subject=user_id, secret_key=settings.secret_key, minutes=-1)
+    expired = create_access_token(
+        subject=user_id, secret_key=settings.secret_key.get_secret_value(), minutes=-1
+    )
     response = client.get("/auth/me", headers={"Authorization": f"Bearer {expired}"})
     assert response.status_code == 401
     assert "expired" in response.json()["detail"]
@@ -115,7 +119,9 @@ def test_expired_foreign_and_orphan_tokens_are_401(
     )
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {foreign}"}).status_code == 401
 
-    orphan = create_access_token(subject="no-such-user", secret_key=settings.secret_key, minutes=5)
+    orphan = create_access_token(
+        subject="no-such-user", secret_key=settings.secret_key.get_secret_value(), minutes=5
+    )
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {orphan}"}).status_code == 401
 
     unsigned = jwt.encode({"sub": user_id, "exp": 9999999999}, key=None, algorithm="none")

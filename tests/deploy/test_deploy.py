@@ -1,5 +1,5 @@
 """The deployment files: Dockerfiles linted with hadolint and their exact commands run
-here; Kubernetes manifests checked against the Kubernetes schemas."""
+here; Kubernetes manifests and the Compose file checked against their schemas."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,10 @@ def tool(name: str) -> str:
     return found
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.backend", "Dockerfile.frontend"])
+DOCKERFILES = ["Dockerfile.backend", "Dockerfile.frontend", "Dockerfile.space"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     result = subprocess.run(
         [tool("hadolint"), dockerfile], cwd=ROOT, capture_output=True, text=True
@@ -81,24 +85,34 @@ def dockerfile(name: str) -> tuple[dict[str, str], list[str], list[str]]:
 
 
 def run_image_command(
-    name: str, tmp_path: Path, **overrides: str
+    name: str, tmp_path: Path, **overrides: str | None
 ) -> tuple[subprocess.Popen, dict[str, str], list[str]]:
+    """Start an image's CMD here with its ENV; an override of None removes a variable.
+    What it prints goes to `output(tmp_path)` (a file: a pipe nobody reads would fill up)."""
     env, cmd, health = dockerfile(name)
     env = {k: v.replace("$PATH", os.environ["PATH"]) for k, v in env.items()}
     env["PATH"] = f"{BIN}:{os.environ['PATH']}"
-    full = {**os.environ, **env, "PORT": str(free_port()), "DATA_DIR": str(tmp_path), **overrides}
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    merged = {**os.environ, **env, "PORT": str(free_port()), "DATA_DIR": str(tmp_path), **overrides}
+    full = {k: v for k, v in merged.items() if v is not None}
+    with (tmp_path / "output.log").open("w") as log:
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
     return process, full, health
 
 
-def wait_for(url: str, process: subprocess.Popen[str], seconds: float = 180) -> None:
+def output(tmp_path: Path) -> str:
+    return (tmp_path / "output.log").read_text()
+
+
+def wait_for(
+    url: str, process: subprocess.Popen[str], tmp_path: Path, seconds: float = 180
+) -> None:
+    """Until `url` answers 200; fails with the process's last words if it ends first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"exited {process.returncode}: {output[-2000:]}")
+            raise AssertionError(f"exited {process.returncode}: {output(tmp_path)[-2000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -109,29 +123,36 @@ def wait_for(url: str, process: subprocess.Popen[str], seconds: float = 180) -> 
 
 
 def test_the_backend_image_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
+    secrets = tmp_path / "run-secrets"  # as Docker mounts them: one file per secret
+    secrets.mkdir()
+    (secrets / "secret_key").write_text("k3y-" * 12 + "\n")
     process, env, health = run_image_command(
-        "Dockerfile.backend", tmp_path, SECRET_KEY="k" * 48, LOG_FORMAT="json"
-    )
+        "Dockerfile.backend", tmp_path, SECRET_KEY=None, SECRETS_DIR=str(secrets),
+        LOG_FORMAT="json", LOG_LEVEL="debug",
+    )  # fmt: skip
     try:
-        wait_for(f"http://127.0.0.1:{env['PORT']}/ready", process)
+        wait_for(f"http://127.0.0.1:{env['PORT']}/ready", process, tmp_path)
         assert subprocess.run(health, env=env, timeout=30).returncode == 0
         assert (tmp_path / "ragstream.db").exists()  # state under DATA_DIR (/data in the image)
+        ready = httpx.get(f"http://127.0.0.1:{env['PORT']}/ready").text
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert "k3y-" not in ready
+    assert "request" in output(tmp_path)
+    assert "k3y-" not in output(tmp_path)  # nor in the logs, even at debug level
 
 
 def test_the_backend_image_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
     process, _, _ = run_image_command("Dockerfile.backend", tmp_path, SECRET_KEY="")
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 2
-    assert "SECRET_KEY is shorter than 32 characters" in output
+    assert process.wait(timeout=60) == 2
+    assert "SECRET_KEY is shorter than 32 characters" in output(tmp_path)
 
 
 def test_the_frontend_image_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
     process, env, health = run_image_command("Dockerfile.frontend", tmp_path)
     try:
-        wait_for(f"http://127.0.0.1:{env['PORT']}/_stcore/health", process, seconds=60)
+        wait_for(f"http://127.0.0.1:{env['PORT']}/_stcore/health", process, tmp_path, seconds=60)
         assert subprocess.run(health, env=env, timeout=30).returncode == 0
     finally:
         process.terminate()
@@ -139,15 +160,25 @@ def test_the_frontend_image_command_serves_and_passes_its_healthcheck(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("part", "expected"), [("backend", "backend/__main__.py"), ("frontend", "frontend/app.py")]
+    ("part", "dockerfile", "expected"),
+    [
+        ("backend", "Dockerfile.backend", "backend/__main__.py"),
+        ("frontend", "Dockerfile.frontend", ".streamlit/config.toml"),
+        ("combined", "Dockerfile.space", "scripts/space-entrypoint.sh"),
+    ],
 )
-def test_make_space_assembles_a_docker_space(tmp_path: Path, part: str, expected: str) -> None:
+def test_make_space_assembles_a_docker_space(
+    tmp_path: Path, part: str, dockerfile: str, expected: str
+) -> None:
     out = tmp_path / part
-    subprocess.run(
-        ["bash", "scripts/make-space.sh", part, str(out)], cwd=ROOT, check=True, capture_output=True
-    )
+    for _ in range(2):  # assembling twice into the same folder gives the same tree
+        subprocess.run(
+            ["bash", "scripts/make-space.sh", part, str(out)],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
     assert (out / expected).is_file()
-    assert (out / "Dockerfile").read_text() == (ROOT / f"Dockerfile.{part}").read_text()
+    assert not (out / "backend" / "backend").exists()
+    assert (out / "Dockerfile").read_text() == (ROOT / dockerfile).read_text()
     header = (out / "README.md").read_text().split("---")[1]
     assert yaml.safe_load(header)["sdk"] == "docker"
     assert yaml.safe_load(header)["app_port"] == 7860
@@ -155,3 +186,65 @@ def test_make_space_assembles_a_docker_space(tmp_path: Path, part: str, expected
     for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", (out / "Dockerfile").read_text(), re.M):
         if not source.startswith("/"):
             assert (out / source).exists(), source
+
+
+def children(pid: int) -> dict[str, int]:
+    """The direct children of a process, by what they run: `backend` or `streamlit`."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        found["streamlit" if any(b"streamlit" in part for part in cmdline) else "backend"] = int(
+            child
+        )
+    return found
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+@pytest.mark.parametrize("victim", ["backend", "streamlit"])
+def test_the_one_space_image_runs_both_and_stops_when_either_dies(
+    tmp_path: Path, victim: str
+) -> None:
+    backend_port = free_port()
+    process, env, health = run_image_command(
+        "Dockerfile.space", tmp_path, SECRET_KEY="k" * 48, BACKEND_PORT=str(backend_port),
+        MAX_UPLOAD_BYTES=str(5 * 2**20),
+    )  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{backend_port}/ready", process, tmp_path)
+        wait_for(f"http://127.0.0.1:{env['PORT']}/_stcore/health", process, tmp_path, seconds=60)
+        assert subprocess.run(health, env=env, timeout=30).returncode == 0
+        running = children(process.pid)
+        assert set(running) == {"backend", "streamlit"}
+        assert environment_of(running["backend"])["HOST"] == "127.0.0.1"  # not exposed
+        app_env = environment_of(running["streamlit"])
+        assert app_env["BACKEND_URL"] == f"http://127.0.0.1:{backend_port}"
+        assert app_env["STREAMLIT_SERVER_MAX_UPLOAD_SIZE"] == "5"  # follows the backend's
+        os.kill(running[victim], signal.SIGKILL)
+        assert process.wait(timeout=60) != 0  # the container ends, and says it failed
+        for pid in running.values():
+            assert not Path(f"/proc/{pid}").exists(), "a process outlived the supervisor"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_one_space_image_stops_both_on_sigterm(tmp_path: Path) -> None:
+    process, env, _ = run_image_command(
+        "Dockerfile.space", tmp_path, SECRET_KEY="k" * 48, BACKEND_PORT=str(free_port())
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{env['PORT']}/_stcore/health", process, tmp_path, seconds=60)
+        running = children(process.pid)
+        process.terminate()  # what `docker stop` sends
+        process.wait(timeout=60)
+        for pid in running.values():
+            assert not Path(f"/proc/{pid}").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import LiveServer, fake_model, ingest, register
+from backend.llm import ChatModelHandle
+from backend.settings import Settings
+from frontend.client import BackendError
+from tests.helpers import LiveServer, Serve, fake_model, ingest, register
 
 APP = str(Path(__file__).resolve().parents[2] / "frontend" / "app.py")
 REPLY = "Glaciers retreat as winters warm [1]."
@@ -175,7 +179,7 @@ def test_documents_are_listed_and_deleted(app: AppTest, client: httpx.Client) ->
     )
     app.run()
     assert "Your documents (1)" in [s.value for s in app.subheader]
-    assert any("**Handbook** · private" in m.value for m in app.markdown)
+    assert any("**Handbook** · only you" in m.value for m in app.markdown)
     app.button(key="del-private-handbook").click().run()
     assert client.get("/documents", headers=headers).json()["count"] == 0
     assert "Your documents (0)" in [s.value for s in app.subheader]
@@ -190,3 +194,74 @@ def test_a_backend_that_goes_away_shows_a_banner_and_a_retry(
     assert not app.exception
     assert "unreachable" in app.error[0].value
     assert "Retry" in [b.label for b in app.button]
+
+
+# --- production dress ----------------------------------------------------------------------
+def upload(app: AppTest, name: str, content: bytes, mime: str = "text/plain") -> None:
+    app.file_uploader[0].upload(name, content, mime)
+    next(b for b in app.button if b.label == "Upload").click().run()
+    assert not app.exception, app.exception
+
+
+@pytest.fixture
+def small_uploads(serve: Serve, model: ChatModelHandle) -> LiveServer:
+    """A server that publishes for `publisher` and takes files up to 3 MiB."""
+    return serve(model=model, publishers=["publisher"], max_upload_bytes=3 * 2**20 + 5)
+
+
+def documents_tab(
+    small_uploads: LiveServer, monkeypatch: pytest.MonkeyPatch, username: str
+) -> AppTest:
+    monkeypatch.setenv("BACKEND_URL", small_uploads.url)
+    app = AppTest.from_file(APP, default_timeout=30)
+    signed_in(app, small_uploads.http, username)
+    return app
+
+
+def test_uploads_are_told_in_words_with_plurals_right(
+    small_uploads: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = documents_tab(small_uploads, monkeypatch, "writer")
+    assert app.file_uploader[0].proto.max_upload_size_mb == 3  # the backend's limit, not 200
+    upload(app, "notes.txt", b"Expenses are due in 30 days.")
+    assert app.success[0].value == "notes.txt: added (1 passage)"
+    assert "1 passage" in [c.value for c in app.caption]
+    upload(app, "notes.txt", b"Expenses are due in 30 days.")
+    assert app.success[0].value == "notes.txt: already there, unchanged (1 passage)"
+    upload(app, "big.txt", b"x" * (3 * 2**20 + 6))  # past the backend's limit
+    assert app.error[0].value == (
+        "big.txt was not added: the file is larger than the 3 MB allowed (MAX_UPLOAD_BYTES)"
+    )
+    upload(app, "empty.txt", b"   ")
+    assert app.error[0].value == "empty.txt was not added: 'empty.txt' holds no text"
+
+
+def test_only_publishers_are_offered_everyone(
+    small_uploads: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = documents_tab(small_uploads, monkeypatch, "reader")
+    assert not [r for r in app.radio if r.label == "Visible to"]
+    app = documents_tab(small_uploads, monkeypatch, "publisher")
+    visible = next(r for r in app.radio if r.label == "Visible to")
+    visible.set_value("shared")
+    upload(app, "memo.txt", b"The office closes at six.")
+    assert any("**memo.txt** · everyone" in m.value for m in app.markdown)
+
+
+def test_the_app_config_is_dressed_for_production() -> None:
+    config = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert (
+        config["server"]["maxUploadSize"] * 2**20
+        == Settings.model_fields["max_upload_bytes"].default
+    )  # the backend's default limit
+    assert config["client"]["toolbarMode"] == "minimal"  # no "Deploy"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["headless"] is True
+
+
+def test_a_proxy_page_becomes_words() -> None:
+    html = httpx.Response(413, text="<html><body><h1>413 Request Entity Too Large</h1></html>")
+    error = BackendError.of(html)
+    assert "<" not in error.message
+    assert error.message.startswith("the request is larger than the server")
+    assert error.status == 413

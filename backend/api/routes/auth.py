@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from backend.api.deps import CurrentUser, SessionDep, SettingsDep
+from backend.api.deps import ComponentsDep, CurrentUser, SessionDep, SettingsDep
 from backend.db import repository
 from backend.errors import Conflict, NotAuthenticated, NotFound
 from backend.schemas import (
@@ -13,6 +13,7 @@ from backend.schemas import (
     ApiKeyCreated,
     ApiKeyPublic,
     ApiKeysPublic,
+    Me,
     Token,
     UserCreate,
     UserPublic,
@@ -53,15 +54,22 @@ async def login(
     if user is None or not verify_password(user.password_hash, form.password):
         raise NotAuthenticated("incorrect username or password")
     token = create_access_token(
-        subject=user.id, secret_key=settings.secret_key, minutes=settings.access_token_minutes
+        subject=user.id,
+        secret_key=settings.secret_key.get_secret_value(),
+        minutes=settings.access_token_minutes,
     )
     return Token(access_token=token, expires_in=settings.access_token_minutes * 60)
 
 
-@router.get("/me", response_model=UserPublic)
-async def me(user: CurrentUser) -> UserPublic:
-    """The caller's account."""
-    return UserPublic.model_validate(user)
+@router.get("/me", response_model=Me)
+async def me(user: CurrentUser, components: ComponentsDep) -> Me:
+    """The caller's account and what it may do: publish to the shared namespace, upload
+    files up to a size."""
+    return Me(
+        **UserPublic.model_validate(user).model_dump(),
+        can_publish=components.documents.can_publish(user),
+        max_upload_bytes=components.settings.max_upload_bytes,
+    )
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)

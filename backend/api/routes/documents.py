@@ -25,6 +25,11 @@ from backend.services.documents import IngestResult, scope_of
 router = APIRouter(tags=["documents"])
 
 
+def in_megabytes(size: int) -> str:
+    """A size as people read it (MB of 2**20 bytes, as Streamlit counts them)."""
+    return f"{size / 2**20:.4g} MB" if size >= 2**20 else f"{size} bytes"
+
+
 def _ingested(results: list[IngestResult]) -> IngestResponse:
     return IngestResponse(
         documents=[
@@ -87,7 +92,8 @@ async def upload_document(
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(
-            f"the file is larger than the {settings.max_upload_bytes} bytes allowed"
+            f"the file is larger than the {in_megabytes(settings.max_upload_bytes)} allowed "
+            "(MAX_UPLOAD_BYTES)"
         )
     try:
         meta = json.loads(metadata) if metadata else {}
