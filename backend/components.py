@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from langchain_core.embeddings import Embeddings
 from sqlalchemy import text
@@ -19,6 +20,7 @@ from backend.retrieval.store import VectorStore
 from backend.services.answers import AnswerRecorder
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
+from backend.services.relay import Relay
 from backend.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class Components:
     documents: DocumentService
     metrics: Metrics
     chat_service: ChatService
+    recorder: AnswerRecorder
+    relay: Relay
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def database_ok(self) -> bool:
         try:
@@ -45,6 +50,11 @@ class Components:
             return False
 
     async def close(self) -> None:
+        await self.relay.close()  # answers still running are kept as `interrupted`
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.recorder.save()
         self.models.close()
         await self.store.close()
         await self.engine.dispose()
@@ -143,6 +153,13 @@ async def build_components(
         ", ".join(f"{h.name} ({h.provider})" for h in catalog.handles),
         settings.resolved_vector_store,
     )
+    recorder = AnswerRecorder(
+        sessions=sessions,
+        metrics=metrics,
+        instance=settings.instance_name,
+        save_seconds=settings.stream_save_seconds,
+        stale_seconds=settings.stream_stale_seconds,
+    )
     return Components(
         settings=settings,
         engine=engine,
@@ -156,6 +173,9 @@ async def build_components(
             sessions=sessions,
             models=catalog,
             documents=documents,
-            recorder=AnswerRecorder(sessions=sessions, metrics=metrics),
+            recorder=recorder,
         ),
+        recorder=recorder,
+        relay=Relay(),
+        background=[asyncio.create_task(recorder.run(), name="save streaming answers")],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -164,7 +165,19 @@ class GenerationOptions(BaseModel):
         )
 
 
-class ChatRequest(GenerationOptions):
+class StreamedOptions(GenerationOptions):
+    on_disconnect: Literal["stop", "finish"] | None = Field(
+        None,
+        description="What a reader's disconnect means: `stop` the answer (its text so far is "
+        "kept, `interrupted`) or let it `finish`, to be resumed with GET "
+        "/messages/{id}/stream. Default: STREAM_DISCONNECT.",
+    )
+
+    def options(self) -> ChatOptions:
+        return replace(super().options(), on_disconnect=self.on_disconnect)
+
+
+class ChatRequest(StreamedOptions):
     message: str = Field(description="The user's message (not blank).")
     conversation_id: str | None = Field(
         None, description="Continue this conversation; new if absent."
@@ -178,7 +191,7 @@ class ChatRequest(GenerationOptions):
         return value
 
 
-class RegenerateRequest(GenerationOptions):
+class RegenerateRequest(StreamedOptions):
     pass
 
 

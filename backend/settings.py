@@ -216,6 +216,20 @@ class Settings(BaseSettings):
     sse_ping_seconds: int = Field(
         15, ge=1, description="Keep-alive comment interval on idle SSE streams."
     )
+    stream_disconnect: Literal["stop", "finish"] = Field(
+        "stop",
+        description="What a reader's disconnect means when the request does not say: `stop` "
+        "the answer, or let it `finish` (to be resumed).",
+    )
+    stream_save_seconds: float = Field(
+        0.5, gt=0, le=1.0, description="How often a streaming answer's text is saved."
+    )
+    stream_stale_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A streaming answer not saved for this long lost its writer (a crashed "
+        "replica): it is marked interrupted, its text kept.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

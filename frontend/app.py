@@ -210,9 +210,19 @@ def history(client: BackendClient) -> list[dict[str, Any]]:
     return [by_id[i] for i in detail["active_branch"] if i in by_id]
 
 
-def stream_answer(tokens: Any, answer: StreamedAnswer) -> None:
-    """Stream into the page; a Stop button ends the run, and the backend keeps the part."""
-    st.button("⏹ Stop", key="stop")
+def stop_answer(client: BackendClient, answer: StreamedAnswer) -> None:
+    """The Stop button: the backend ends the answer and keeps its text so far."""
+    if message_id := answer.meta.get("assistant_message_id"):
+        try:
+            client.stop(message_id)
+        except BackendError as exc:
+            st.session_state.notice = exc.message
+
+
+def stream_answer(client: BackendClient, tokens: Any, answer: StreamedAnswer) -> None:
+    """Stream into the page. Answers are asked to `finish`: a rerun or a cut connection
+    loses nothing (the next run resumes them); only Stop ends one."""
+    st.button("⏹ Stop", key="stop", on_click=stop_answer, args=(client, answer))
     st.write_stream(tokens)
     if answer.error:
         st.error(answer.error["message"])
@@ -227,6 +237,11 @@ def chat(client: BackendClient, options: dict[str, Any]) -> None:
     if not messages:
         st.info("Ask a question. Answers cite the documents you upload in the Documents tab.")
     for index, message in enumerate(messages):
+        if message["status"] == "streaming":  # still being written: follow it live
+            with st.chat_message("assistant"):
+                answer = StreamedAnswer()
+                stream_answer(client, client.resume(message["id"], answer), answer)
+            continue
         with st.chat_message(message["role"]):
             st.markdown(message["content"] or "_(no answer)_")
             if message["role"] == "assistant":
@@ -236,12 +251,10 @@ def chat(client: BackendClient, options: dict[str, Any]) -> None:
                 if index == len(messages) - 1 and st.button("↻ Regenerate", key="regenerate"):
                     with st.chat_message("assistant"):
                         answer = StreamedAnswer()
-                        stream_answer(
-                            client.regenerate(
-                                state.conversation_id, answer, {"retrieval": options}
-                            ),
-                            answer,
+                        tokens = client.regenerate(
+                            state.conversation_id, answer, {"retrieval": options}
                         )
+                        stream_answer(client, tokens, answer)
                     st.rerun()
     if prompt := st.chat_input("Ask something"):
         state.filter_error = None
@@ -253,9 +266,8 @@ def chat(client: BackendClient, options: dict[str, Any]) -> None:
             body["model"] = state.model
         try:
             with st.chat_message("assistant"):
-                stream_answer(
-                    client.stream_chat(prompt, state.conversation_id, answer, body), answer
-                )
+                tokens = client.stream_chat(prompt, state.conversation_id, answer, body)
+                stream_answer(client, tokens, answer)
         except BackendError as exc:
             if exc.status != 422:
                 raise

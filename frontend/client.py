@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
+
+FINISH = {"on_disconnect": "finish"}  # a rerun or a cut connection loses nothing
+RESUME_ATTEMPTS = 3
 
 IN_WORDS = {
     413: "the request is larger than the server in front of the backend accepts",
@@ -66,6 +70,11 @@ class StreamedAnswer:
     sources: list[dict[str, Any]] = field(default_factory=list)
     done: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    last_id: int = 0  # characters of the answer read so far (the last event's id)
+
+    @property
+    def ended(self) -> bool:
+        return self.done is not None or self.error is not None
 
 
 class BackendClient:
@@ -148,39 +157,69 @@ class BackendClient:
         answer: StreamedAnswer,
         options: dict[str, Any] | None = None,
     ) -> Iterator[str]:
-        """Yield the answer's tokens; `answer` receives meta, sources and the end event."""
+        """Yield the answer's tokens; `answer` receives meta, sources and the end event.
+        The answer goes on if this reader leaves (`finish`), and a broken connection is
+        resumed where it broke."""
         body = {"message": message, "conversation_id": conversation_id, **(options or {})}
-        return self._stream("/chat/stream", body, answer)
+        return self._stream("POST", "/chat/stream", answer, json={**body, **FINISH})
 
     def regenerate(
         self, conversation_id: str, answer: StreamedAnswer, options: dict[str, Any] | None = None
     ) -> Iterator[str]:
-        return self._stream(f"/conversations/{conversation_id}/regenerate", options or {}, answer)
+        path = f"/conversations/{conversation_id}/regenerate"
+        return self._stream("POST", path, answer, json={**(options or {}), **FINISH})
 
-    def _stream(self, path: str, body: dict[str, Any], answer: StreamedAnswer) -> Iterator[str]:
-        try:
-            with connect_sse(
-                self.http,
-                "POST",
-                path,
-                json=body,
-                headers=self._headers(),
-                timeout=httpx.Timeout(self.timeout, read=300),
-            ) as source:
-                if source.response.status_code >= 400:
-                    source.response.read()
-                    raise BackendError.of(source.response)
-                for event in source.iter_sse():
-                    data = json.loads(event.data)
-                    if event.event == "token":
-                        yield data["text"]
-                    elif event.event == "meta":
-                        answer.meta = data
-                    elif event.event == "sources":
-                        answer.sources = data["sources"]
-                    elif event.event == "done":
-                        answer.done = data
-                    elif event.event == "error":
-                        answer.error = data
-        except httpx.HTTPError as exc:
-            raise BackendError(f"The connection to the backend broke ({exc}).") from exc
+    def resume(self, message_id: str, answer: StreamedAnswer) -> Iterator[str]:
+        """The tokens of an answer after the `answer.last_id` characters already read, live
+        while it is still being generated."""
+        return self._stream("GET", f"/messages/{message_id}/stream", answer)
+
+    def stop(self, message_id: str) -> None:
+        self._request("POST", f"/messages/{message_id}/stop")
+
+    def _stream(
+        self, method: str, path: str, answer: StreamedAnswer, **request: Any
+    ) -> Iterator[str]:
+        for attempt in range(RESUME_ATTEMPTS + 1):
+            try:
+                yield from self._read(method, path, answer, **request)
+                return
+            except httpx.HTTPError as exc:
+                message_id = answer.meta.get("assistant_message_id")
+                if message_id is None or attempt == RESUME_ATTEMPTS:
+                    raise BackendError(f"The connection to the backend broke ({exc}).") from exc
+                # Cut mid-answer (a proxy, a restart): go on from the last event read.
+                method, path, request = "GET", f"/messages/{message_id}/stream", {}
+                time.sleep(0.5 * (attempt + 1))
+
+    def _read(
+        self, method: str, path: str, answer: StreamedAnswer, **request: Any
+    ) -> Iterator[str]:
+        headers = self._headers()
+        if method == "GET":
+            headers["Last-Event-ID"] = str(answer.last_id)
+        with connect_sse(
+            self.http,
+            method,
+            path,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, read=300),
+            **request,
+        ) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                raise BackendError.of(source.response)
+            for event in source.iter_sse():
+                data = json.loads(event.data)
+                if event.id:
+                    answer.last_id = int(event.id)
+                if event.event == "token":
+                    yield data["text"]
+                elif event.event == "meta":
+                    answer.meta = data
+                elif event.event == "sources":
+                    answer.sources = data["sources"]
+                elif event.event == "done":
+                    answer.done = data
+                elif event.event == "error":
+                    answer.error = data

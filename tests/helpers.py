@@ -220,3 +220,24 @@ def stream_chat(client: httpx.Client, headers: dict[str, str], **body: Any) -> S
         for sse in source.iter_sse():
             events.append((sse.event, sse.json()))
     return StreamResult(events)
+
+
+def read_then_leave(
+    client: httpx.Client, headers: dict[str, str], characters: int, **body: Any
+) -> tuple[dict[str, Any], str, str]:
+    """Start an answer (`POST /chat/stream` with `body`), read until `characters` have
+    come, and leave: (meta, the text read, the last event id)."""
+    received, last_id = "", ""
+    with connect_sse(
+        client, "POST", "/chat/stream", json={"message": "Hi", **body}, headers=headers
+    ) as source:
+        for sse in source.iter_sse():
+            if sse.event == "meta":
+                meta = sse.json()
+            if sse.event == "token":
+                received += sse.json()["text"]
+                last_id = sse.id
+                assert int(last_id) == len(received)  # the id counts characters so far
+                if len(received) >= characters:
+                    break
+    return meta, received, last_id

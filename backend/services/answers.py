@@ -1,20 +1,29 @@
 """Storing and observing answers: what one answer has produced so far (`Answer`), and the
-`AnswerRecorder` that writes it to the database and counts it in the metrics."""
+`AnswerRecorder` that writes it to the database and counts it in the metrics.
+
+Answers are durable while they stream: the row appears at the first token (status
+`streaming`), and one background task (`AnswerRecorder.run`) saves every growing answer of
+this process in one transaction every STREAM_SAVE_SECONDS, with a heartbeat (`updated_at`).
+Rows whose writer stopped heart-beating (a crashed replica) are marked `interrupted`, their
+text kept, by every replica's start and periodic sweep."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 from langchain_core.messages import AIMessageChunk
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
-from backend.db.models import Conversation, Message
+from backend.db.models import Conversation, Message, utcnow
 from backend.llm import ChatModelHandle
 from backend.metrics import Metrics
 
@@ -87,14 +96,120 @@ class Answer:
 
 
 class AnswerRecorder:
-    """Writes answers to the database and observes them in the metrics."""
+    """Writes answers to the database, while they stream and when they end, and observes
+    them in the metrics."""
 
     def __init__(
-        self, *, sessions: async_sessionmaker[AsyncSession], metrics: Metrics | None = None
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        metrics: Metrics | None = None,
+        instance: str = "",
+        save_seconds: float = 0.5,
+        stale_seconds: float = 10.0,
     ) -> None:
         self.sessions = sessions
         self.metrics = metrics or Metrics()
+        self.instance = instance
+        self.save_seconds = save_seconds
+        self.stale_seconds = stale_seconds
+        self.streaming: dict[str, Answer] = {}  # message id -> answer being saved
+        self.saved: dict[str, int] = {}  # message id -> characters in its row
+        self.lock = asyncio.Lock()  # one writer of streaming rows at a time
+        self.wake = asyncio.Event()
 
+    # --- while streaming -------------------------------------------------------------------
+    def first_token(self, answer: Answer) -> None:
+        """The answer has begun: its row is written at the next save, which starts now."""
+        if answer.conversation_id is not None:
+            self.streaming[answer.message_id] = answer
+            self.wake.set()
+
+    async def run(self) -> None:
+        """Save growing answers every `save_seconds` and sweep dead ones, until cancelled."""
+        await self.sweep()
+        next_sweep = time.monotonic() + self.stale_seconds / 2
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.save_seconds)
+            self.wake.clear()
+            try:
+                await self.save()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.stale_seconds / 2
+                    await self.sweep()
+            except Exception:  # the database is away: try again at the next turn
+                log.warning("saving streaming answers failed", exc_info=True)
+                await asyncio.sleep(self.save_seconds)
+
+    async def save(self) -> None:
+        """One transaction: new rows for answers that began, the text of those that grew,
+        a heartbeat for all."""
+        if not self.streaming:
+            return
+        async with self.lock, self.sessions() as session:
+            now = utcnow()
+            for answer in list(self.streaming.values()):
+                text = answer.text
+                if answer.message_id not in self.saved:
+                    if not await self._insert(session, answer, text, status="streaming"):
+                        self.streaming.pop(answer.message_id, None)
+                        continue
+                elif len(text) != self.saved[answer.message_id]:
+                    await session.execute(
+                        update(Message)
+                        .where(Message.id == answer.message_id, Message.status == "streaming")
+                        .values(content=text, updated_at=now)
+                    )
+                self.saved[answer.message_id] = len(text)
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(list(self.saved)), Message.status == "streaming")
+                .values(updated_at=now)
+            )
+            await session.commit()
+
+    async def sweep(self) -> int:
+        """Mark `interrupted` the answers whose writer stopped heart-beating; their text
+        stays. Returns how many."""
+        cutoff = utcnow() - timedelta(seconds=self.stale_seconds)
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(Message)
+                .where(Message.status == "streaming", Message.updated_at < cutoff)
+                .values(status="interrupted", finish_reason="cancelled", updated_at=utcnow())
+            )
+            await session.commit()
+        swept = int(getattr(result, "rowcount", 0) or 0)
+        if swept:
+            log.warning("marked %d answers interrupted: their writer stopped", swept)
+        return swept
+
+    async def _insert(
+        self, session: AsyncSession, answer: Answer, text: str, **fields: Any
+    ) -> Message | None:
+        conversation = await session.get(Conversation, answer.conversation_id)
+        if conversation is None:  # deleted while answering: nothing to attach it to
+            log.info("conversation %s was deleted during its answer", answer.conversation_id)
+            return None
+        return await repository.add_message(
+            session=session,
+            conversation=conversation,
+            role="assistant",
+            content=text,
+            parent_id=answer.parent_id,
+            message_id=answer.message_id,
+            created_at=answer.created_at,
+            **{
+                "model": answer.model.name,
+                "sources": answer.sources,
+                "instance": self.instance,
+                "updated_at": utcnow(),
+                **fields,
+            },
+        )
+
+    # --- at the end ----------------------------------------------------------------------
     async def finish(self, answer: Answer) -> Message:
         """Store the ended answer (when it is stored at all) and count it; returns the row
         (unsaved when the answer is not stored)."""
@@ -120,23 +235,18 @@ class AnswerRecorder:
         )
         if answer.conversation_id is None:
             return unsaved
-        async with self.sessions() as session:
-            conversation = await session.get(Conversation, answer.conversation_id)
-            if conversation is None:  # deleted while answering: nothing to attach it to
-                log.info("conversation %s was deleted during its answer", answer.conversation_id)
-                return unsaved
-            message = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="assistant",
-                content=content,
-                parent_id=answer.parent_id,
-                message_id=answer.message_id,
-                created_at=answer.created_at,
-                **fields,
-            )
+        async with self.lock, self.sessions() as session:
+            self.streaming.pop(answer.message_id, None)
+            if self.saved.pop(answer.message_id, None) is None:
+                message = await self._insert(session, answer, content, **fields)
+            else:
+                message = await session.get(Message, answer.message_id)
+                if message is not None:
+                    for name, value in {"content": content, **fields}.items():
+                        setattr(message, name, value)
+                    message.updated_at = utcnow()
             await session.commit()
-            return message
+            return message if message is not None else unsaved
 
     async def interrupted(self, answer: Answer) -> Message:
         """The reader went away: keep what was said so far (shielded from the cancel)."""

@@ -312,6 +312,8 @@ class ChatService:
                 try:
                     async for chunk in stream.chunks():
                         if text := answer.take(chunk):
+                            if len(answer.parts) == 1:
+                                self.recorder.first_token(answer)  # saved from now on
                             yield ChatEvent("token", {"text": text})
                 except ModelFailure as exc:
                     log.warning("model %s failed mid-answer: %s", stream.handle.name, exc)
@@ -325,20 +327,25 @@ class ChatService:
             await self.recorder.interrupted(answer)
             raise
         stored = await self.recorder.finish(answer)
-        if answer.status == "error":
-            error = {"code": answer.error_code, "message": answer.error}
-            yield ChatEvent("error", error, stored)
-            return
-        done = {
-            "finish_reason": stored.finish_reason,
-            "model": answer.model.name,
-            "usage": {
-                "prompt_tokens": stored.prompt_tokens,
-                "completion_tokens": stored.completion_tokens,
-            },
-            "timings": stored.timings,
-        }
-        yield ChatEvent("done", done, stored)
+        yield end_event(stored, answer.error_code)
+
+
+def end_event(stored: Message, error_code: str | None = None) -> ChatEvent:
+    """An ended answer's last event, from its row: `done`, or `error` with its code."""
+    if stored.status != "complete":
+        code = error_code or ("interrupted" if stored.status == "interrupted" else "model_error")
+        message = stored.error or "The answer was stopped before it ended."
+        return ChatEvent("error", {"code": code, "message": message}, stored)
+    done = {
+        "finish_reason": stored.finish_reason,
+        "model": stored.model,
+        "usage": {
+            "prompt_tokens": stored.prompt_tokens,
+            "completion_tokens": stored.completion_tokens,
+        },
+        "timings": stored.timings,
+    }
+    return ChatEvent("done", done, stored)
 
 
 def _title_of(passage: Passage) -> str | None:

@@ -17,11 +17,13 @@ Scope = Literal["private", "shared"]
 @dataclass
 class ChatEvent:
     """One event of an answer: `meta`, `sources`, `token`, `done` or `error`. The last one
-    also carries the answer as stored (`stored`, never sent to clients)."""
+    also carries the answer as stored (`stored`, never sent to clients). `id`, on `token`
+    and the last event: how many characters of the answer precede the event's end."""
 
     event: str
     data: dict[str, Any]
     stored: Message | None = None
+    id: int | None = None
 
 
 @dataclass
@@ -33,9 +35,13 @@ class RetrievalOptions:
     alpha: float | None = None
 
 
+OnDisconnect = Literal["stop", "finish"]
+
+
 @dataclass
 class ChatOptions:
     model: str | None = None
+    on_disconnect: OnDisconnect | None = None  # None: STREAM_DISCONNECT
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

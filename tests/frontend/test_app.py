@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from streamlit.testing.v1 import AppTest
 
 from backend.llm import ChatModelHandle
@@ -265,3 +266,23 @@ def test_a_proxy_page_becomes_words() -> None:
     assert "<" not in error.message
     assert error.message.startswith("the request is larger than the server")
     assert error.status == 413
+
+
+@pytest.mark.parametrize("model", [fake_model(["one two three four five " * 8], sleep=0.01)])
+def test_an_answer_left_mid_stream_is_resumed_on_the_next_run(
+    app: AppTest, client: httpx.Client
+) -> None:
+    headers = signed_in(app, client)
+    body = {"message": "Tell me", "on_disconnect": "finish"}  # what the app itself asks
+    with connect_sse(client, "POST", "/chat/stream", json=body, headers=headers) as source:
+        for sse in source.iter_sse():
+            if sse.event == "token":
+                break  # a rerun, a closed tab, a proxy's cut
+    conversation = client.get("/conversations", headers=headers).json()["data"][0]
+    app.session_state.conversation_id = conversation["id"]
+    app.run()
+    assert not app.exception, app.exception
+    detail = client.get(f"/conversations/{conversation['id']}", headers=headers).json()
+    assert detail["messages"][1]["status"] == "complete"
+    shown = [m.markdown[0].value for m in app.chat_message if m.markdown]
+    assert ("one two three four five " * 8).strip() in "".join(shown)

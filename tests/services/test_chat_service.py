@@ -51,6 +51,8 @@ class Pipeline:
             id=answer.message_id,
             role="assistant",
             content=answer.text,
+            status=answer.status,
+            model=answer.model.name,
             finish_reason=answer.finish_reason or "stop",
             timings=answer.timings(),
             **usage,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from backend.api.deps import ChatServiceDep, CurrentUser, SettingsDep
-from backend.api.sse import sse_response
+from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser
+from backend.api.sse import relayed_response
 from backend.db.models import User
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
 from backend.services.chat import ChatService
@@ -24,11 +24,12 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
 
 @router.post("/chat/stream")
 async def chat_stream(
-    body: ChatRequest, user: CurrentUser, service: ChatServiceDep, settings: SettingsDep
+    body: ChatRequest, user: CurrentUser, components: ComponentsDep
 ) -> EventSourceResponse:
-    """Answer as Server-Sent Events: meta, sources, token..., then done or error."""
-    turn = await _start(service, user, body)  # 4xx here, before the stream opens
-    return sse_response(service.answer(turn), settings)
+    """Answer as Server-Sent Events: meta, sources, token..., then done or error. Token
+    events carry ids (characters so far): GET /messages/{id}/stream resumes from one."""
+    turn = await _start(components.chat_service, user, body)  # 4xx here, before the stream
+    return relayed_response(components, turn, body.options())
 
 
 @router.post("/chat", response_model=ChatResponse)

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
 
-from backend.api.deps import ChatServiceDep, CurrentUser, SessionDep, SettingsDep
-from backend.api.sse import sse_response
+from backend.api.deps import ComponentsDep, CurrentUser, SessionDep
+from backend.api.sse import relayed_response, sse_response
 from backend.db import repository
-from backend.db.models import Conversation
-from backend.errors import InvalidInput, NotFound
+from backend.db.models import Conversation, Message, User
+from backend.errors import Conflict, InvalidInput, NotFound
 from backend.schemas import (
     ConversationCreate,
     ConversationDetail,
@@ -20,6 +21,7 @@ from backend.schemas import (
     FeedbackPublic,
     RegenerateRequest,
 )
+from backend.services.relay import follow_stored
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -101,21 +103,93 @@ async def delete_conversation(
 async def regenerate(
     conversation_id: str,
     user: CurrentUser,
-    service: ChatServiceDep,
-    settings: SettingsDep,
+    components: ComponentsDep,
     body: RegenerateRequest | None = None,
 ) -> EventSourceResponse:
     """A new answer to the last question, as SSE (the old answer stays as a sibling)."""
-    body = body or RegenerateRequest()
-    turn = await service.regenerate(
-        user=user,
-        conversation_id=conversation_id,
-        options=body.options(),
+    options = (body or RegenerateRequest()).options()
+    turn = await components.chat_service.regenerate(
+        user=user, conversation_id=conversation_id, options=options
     )
-    return sse_response(service.answer(turn), settings)
+    return relayed_response(components, turn, options)
 
 
 messages_router = APIRouter(prefix="/messages", tags=["conversations"])
+
+MAX_ANSWER_OFFSET = 10**9  # no answer is longer: a larger Last-Event-ID is not ours
+
+
+async def _owned_answer(
+    session: AsyncSession, user: User, message_id: str, *, only_answers: str
+) -> Message:
+    """The caller's answer `message_id`: 404 if it is not the caller's, 422 if a question."""
+    message = await repository.get_owned_message(
+        session=session, user_id=user.id, message_id=message_id
+    )
+    if message is None:
+        raise NotFound("message not found", field=("path", "message_id"))
+    if message.role != "assistant":
+        raise InvalidInput(f"only answers {only_answers}", field=("path", "message_id"))
+    return message
+
+
+@messages_router.post("/{message_id}/stop", status_code=status.HTTP_202_ACCEPTED)
+async def stop_answer(
+    message_id: str, user: CurrentUser, components: ComponentsDep
+) -> dict[str, str]:
+    """Stop an answer being generated (one that was asked with `on_disconnect: finish`
+    goes on without readers); its text so far is kept as `interrupted`."""
+    if (live := components.relay.find(message_id, user.id)) is not None:
+        live.stop()
+        return {"status": "stopping"}
+    async with components.sessions() as session:
+        message = await _owned_answer(session, user, message_id, only_answers="can be stopped")
+    if message.status == "streaming":
+        raise Conflict(
+            f"the answer is being written by replica {message.instance}; stop it there "
+            "(a request that reaches that replica)",
+            field=("path", "message_id"),
+        )
+    return {"status": message.status}
+
+
+@messages_router.get("/{message_id}/stream")
+async def resume_stream(
+    message_id: str,
+    user: CurrentUser,
+    components: ComponentsDep,
+    last_event_id: Annotated[
+        str | None, Header(description="The id of the last event read.")
+    ] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_ANSWER_OFFSET, description="Characters read (or Last-Event-ID)."),
+    ] = None,
+) -> EventSourceResponse:
+    """Resume an answer's stream after the last event read: its `meta` and `sources`
+    again, the text that followed as one `token` event, then live events if it is still
+    being generated (on this replica or another), and its last event."""
+    position = after or 0
+    if last_event_id is not None and after is None:
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_ANSWER_OFFSET:
+            raise InvalidInput(
+                "Last-Event-ID must be the id of an event of this answer (a number)",
+                field=("header", "last-event-id"),
+            )
+        position = int(last_event_id)
+    settings = components.settings
+    if (live := components.relay.find(message_id, user.id)) is not None:
+        return sse_response(live.follow(position), settings)
+    async with components.sessions() as session:
+        await _owned_answer(session, user, message_id, only_answers="have a stream")
+    events = follow_stored(
+        components.sessions,
+        message_id=message_id,
+        user_id=user.id,
+        after=position,
+        poll_seconds=settings.stream_save_seconds,
+    )
+    return sse_response(events, settings)
 
 
 @messages_router.post(
@@ -125,13 +199,7 @@ async def give_feedback(
     message_id: str, body: FeedbackIn, session: SessionDep, user: CurrentUser
 ) -> FeedbackPublic:
     """Rate an answer (1 or -1) with an optional comment; sending again replaces it."""
-    message = await repository.get_owned_message(
-        session=session, user_id=user.id, message_id=message_id
-    )
-    if message is None:
-        raise NotFound("message not found", field=("path", "message_id"))
-    if message.role != "assistant":
-        raise InvalidInput("only answers can be rated", field=("path", "message_id"))
+    message = await _owned_answer(session, user, message_id, only_answers="can be rated")
     feedback = await repository.set_feedback(
         session=session, message=message, rating=body.rating, comment=body.comment
     )
