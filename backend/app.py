@@ -6,11 +6,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from langchain_core.embeddings import Embeddings
 
 from backend.api.errors import install_error_handlers
+from backend.api.inputs import storable_text_only
 from backend.api.routes import auth, chat, conversations, documents, health, openai
 from backend.components import build_components
 from backend.llm import ChatModelHandle
@@ -53,6 +54,7 @@ def create_app(
         summary="Retrieval-augmented chat that streams its answers over Server-Sent Events.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(storable_text_only)],  # before every route's own
     )
     if settings.cors_origins:
         app.add_middleware(

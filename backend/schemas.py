@@ -138,7 +138,9 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="A model from `GET /models`; default if absent.")
+    model: str | None = Field(
+        None, max_length=200, description="A model from `GET /models`; default if absent."
+    )
     max_tokens: int | None = Field(None, ge=1, description="Answer budget in tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -180,7 +182,7 @@ class StreamedOptions(GenerationOptions):
 class ChatRequest(StreamedOptions):
     message: str = Field(description="The user's message (not blank).")
     conversation_id: str | None = Field(
-        None, description="Continue this conversation; new if absent."
+        None, max_length=64, description="Continue this conversation; new if absent."
     )
 
     @field_validator("message")
@@ -215,7 +217,12 @@ class ModelsPublic(BaseModel):
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, description="Your id; re-sending it replaces the document.")
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Your id; re-sending it replaces the document.",
+    )
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(None, max_length=500, description="Where it came from.")

@@ -122,7 +122,7 @@ class DocumentService:
                 "use the command-line ingester for large corpora",
                 field=("body", "documents"),
             )
-        seen: set[str] = set()
+        seen: dict[str, DocumentIn] = {}
         for i, doc in enumerate(documents):
             where = ("body", "documents", i)
             if not doc.text.strip():
@@ -138,9 +138,11 @@ class DocumentService:
                     raise InvalidInput(
                         "id must be 1-200 characters without '#'", field=(*where, "id")
                     )
-                if doc.id in seen:
-                    raise InvalidInput(f"id {doc.id!r} appears twice", field=(*where, "id"))
-                seen.add(doc.id)
+                if seen.setdefault(doc.id, doc) != doc:  # the same document twice is merged
+                    raise InvalidInput(
+                        f"id {doc.id!r} appears twice, with different content",
+                        field=(*where, "id"),
+                    )
             check_metadata(doc.metadata, (*where, "metadata"))
 
     async def ingest(
@@ -166,13 +168,18 @@ class DocumentService:
         self, user: User, namespace: str, documents: Sequence[DocumentIn]
     ) -> tuple[list[Preparation], list[IngestResult]]:
         identities = [Identity.of(doc) for doc in documents]
+        # Several documents of one id in one request (the same text twice, say): the last
+        # one is stored, and each of them reports its result.
+        last = {identity.id: index for index, identity in enumerate(identities)}
         async with self.sessions() as session:
             existing = await repository.get_documents(
-                session=session, namespace=namespace, ids=[i.id for i in identities]
+                session=session, namespace=namespace, ids=list(last)
             )
-        results: list[IngestResult] = []
+        by_id: dict[str, IngestResult] = {}
         todo: list[Preparation] = []
-        for doc, identity in zip(documents, identities, strict=True):
+        for index, (doc, identity) in enumerate(zip(documents, identities, strict=True)):
+            if last[identity.id] != index:
+                continue
             old = existing.get(identity.id)
             if old is not None and old.owner_id != user.id:
                 raise Conflict(
@@ -180,15 +187,18 @@ class DocumentService:
                     field=("body", "documents"),
                 )
             if old is not None and old.revision == identity.revision:
-                results.append(IngestResult(identity.id, namespace, "unchanged", old.chunk_count))
+                by_id[identity.id] = IngestResult(
+                    identity.id, namespace, "unchanged", old.chunk_count
+                )
                 continue
             chunks = chunk_text(
                 doc.text, size=self.settings.chunk_size, overlap=self.settings.chunk_overlap
             )
             todo.append(Preparation(doc, identity, chunks, old))
-            results.append(
-                IngestResult(identity.id, namespace, "updated" if old else "created", len(chunks))
+            by_id[identity.id] = IngestResult(
+                identity.id, namespace, "updated" if old else "created", len(chunks)
             )
+        results = [by_id[identity.id] for identity in identities]
         if todo:
             await anyio.to_thread.run_sync(
                 lambda: build_records(

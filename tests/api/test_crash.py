@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -83,6 +84,9 @@ def test_a_killed_replica_leaves_the_answer_interrupted_with_what_was_read(
                 break
             time.sleep(0.2)
         assert answer["id"] == meta["assistant_message_id"]
+        with sqlite3.connect(tmp_path / "ragstream.db") as database:
+            left = database.execute("SELECT count(*) FROM messages WHERE status = 'streaming'")
+            assert left.fetchone() == (0,)  # no row is left streaming
         assert answer["status"] == "interrupted"
         saved = answer["content"]
         assert saved.startswith(received[: len(saved)])  # the same text, cut somewhere

@@ -123,8 +123,11 @@ def test_stop_ends_an_answer_that_would_finish(client: httpx.Client) -> None:
     assert len(answer["content"]) < len(REPLY)
 
 
-def test_another_replica_resumes_through_the_database(serve: Serve, model: ChatModelHandle) -> None:
-    writer, reader = serve(model=model), serve(model=model)  # one database, two replicas
+def test_another_replica_resumes_through_the_database(
+    serve: Serve, model: ChatModelHandle, database_url: str
+) -> None:
+    writer = serve(model=model, database_url=database_url)
+    reader = serve(model=model, database_url=database_url)  # one database, two replicas
     headers = register(writer.http)
     meta, received, last_id = read_then_leave(writer.http, headers, 30, on_disconnect="finish")
     events = resume(reader.http, headers, meta["assistant_message_id"], last_id)

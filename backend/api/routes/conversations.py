@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
 
 from backend.api.deps import ComponentsDep, CurrentUser, SessionDep
+from backend.api.inputs import MAX_OFFSET
 from backend.api.sse import relayed_response, sse_response
 from backend.db import repository
 from backend.db.models import Conversation, Message, User
@@ -40,7 +41,7 @@ async def list_conversations(
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ConversationsPublic:
     """The caller's conversations, most recently active first."""
     items, count = await repository.list_conversations(

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from backend.api.deps import ComponentsDep, CurrentUser, SettingsDep
+from backend.api.inputs import MAX_OFFSET
 from backend.db.models import Document
 from backend.errors import InvalidInput, PayloadTooLarge
 from backend.retrieval.extract import UnreadableFile, extract_text, kind_of
@@ -123,7 +124,7 @@ async def list_documents(
     user: CurrentUser,
     components: ComponentsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentsPublic:
     """Your documents (private and published), most recently updated first."""
     documents, count = await components.documents.list(user=user, limit=limit, offset=offset)
