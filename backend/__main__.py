@@ -19,7 +19,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        proxy_headers=False,  # X-Forwarded-For only from TRUSTED_PROXIES (backend.app)
         log_config=None,  # ours (backend.logs), set above
     )
 

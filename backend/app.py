@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from langchain_core.embeddings import Embeddings
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.api.errors import install_error_handlers
 from backend.api.inputs import storable_text_only
@@ -55,6 +56,9 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(storable_text_only)],  # before every route's own
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -64,7 +68,13 @@ def create_app(
             allow_headers=["*"],
         )
     app.state.metrics = metrics
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        production=settings.environment == "production",
+    )
+    if settings.trusted_proxies:  # outermost: everything after sees the real client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     install_error_handlers(app)
     for router in (
         health.router,

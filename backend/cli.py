@@ -1,10 +1,13 @@
-"""Command-line tools: `python -m backend.cli ingest ...` and `python -m backend.cli eval ...`.
+"""Command-line tools: `python -m backend.cli ingest|eval|users ...`.
 
 ingest: folders and JSONL files into the knowledge base, through the same ingestion path
         as the API, with a progress bar and a summary. For corpora too large for one request.
 eval:   a BEIR-layout dataset (corpus.jsonl, queries.jsonl, qrels/*.tsv) through the real
         ingestion and search path: recall@10, recall@100, nDCG@10 and MRR for keyword-only,
         dense-only and hybrid search at several alphas, plus timings.
+users:  accounts, for operators (with REGISTRATION=closed, the only way in): `users add
+        NAME [--admin] [--password-stdin]`, `users disable NAME`, `users list`. Only this
+        command grants the admin flag (no per-user limits).
 """
 
 from __future__ import annotations
@@ -92,6 +95,67 @@ async def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- users ----------------------------------------------------------------------------------
+async def _users(args: argparse.Namespace) -> int:
+    import secrets
+
+    from pydantic import ValidationError
+
+    from backend.components import open_database
+    from backend.db import repository
+    from backend.db.engine import session_factory
+    from backend.schemas import UserCreate
+    from backend.security import hash_password
+    from backend.settings import settings_or_exit
+
+    engine = await open_database(settings_or_exit())
+    try:
+        async with session_factory(engine)() as session:
+            if args.action == "list":
+                for listed in await repository.list_users(session=session):
+                    flags = [("admin", listed.is_admin), ("disabled", not listed.is_active)]
+                    shown = ",".join(flag for flag, on in flags if on)
+                    print(f"{listed.username}\t{listed.created_at:%Y-%m-%d}\t{shown}")
+                return 0
+            user = await repository.get_user_by_username(session=session, username=args.name)
+            if args.action == "disable":
+                if user is None:
+                    print(f"no user {args.name!r}", file=sys.stderr)
+                    return 1
+                user.is_active = False
+                await session.commit()
+                print(f"{args.name}: disabled (its tokens and API keys no longer work)")
+                return 0
+            if user is not None:  # add to an existing user: grant admin, if asked
+                if not args.admin:
+                    print(f"user {args.name!r} exists", file=sys.stderr)
+                    return 1
+                user.is_admin = True
+                await session.commit()
+                print(f"{args.name}: now an admin")
+                return 0
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+            generated = password is None
+            password = password or secrets.token_urlsafe(12)
+            try:
+                UserCreate(username=args.name, password=password)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                print(f"refused: {error['loc'][0]}: {error['msg']}", file=sys.stderr)
+                return 2
+            created = await repository.create_user(
+                session=session, username=args.name, password_hash=hash_password(password)
+            )
+            created.is_admin = args.admin
+            await session.commit()
+            print(f"{args.name}: created" + (" (admin)" if args.admin else ""))
+            if generated:
+                print(f"password: {password}")
+            return 0
+    finally:
+        await engine.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     parser = argparse.ArgumentParser(
@@ -120,10 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate_.add_argument("--json", help="also write the report to this file")
     evaluate_.add_argument("--quiet", action="store_true")
 
+    users = commands.add_parser("users", help="add, disable or list accounts")
+    actions = users.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create an account (or make an existing one admin)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="no per-user limits")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    actions.add_parser("disable", help="disable an account").add_argument("name")
+    actions.add_parser("list", help="list the accounts")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    runner = _ingest if args.command == "ingest" else _eval
-    return asyncio.run(runner(args))
+    runners = {"ingest": _ingest, "eval": _eval, "users": _users}
+    return asyncio.run(runners[args.command](args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from backend.retrieval.store import VectorStore
 from backend.services.answers import AnswerRecorder
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
+from backend.services.limits import Limits
 from backend.services.relay import Relay
 from backend.settings import Settings, reveal
 
@@ -38,6 +39,7 @@ class Components:
     chat_service: ChatService
     recorder: AnswerRecorder
     relay: Relay
+    limits: Limits
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def database_ok(self) -> bool:
@@ -153,9 +155,11 @@ async def build_components(
         ", ".join(f"{h.name} ({h.provider})" for h in catalog.handles),
         settings.resolved_vector_store,
     )
+    limits = Limits(settings)
     recorder = AnswerRecorder(
         sessions=sessions,
         metrics=metrics,
+        limits=limits,
         instance=settings.instance_name,
         save_seconds=settings.stream_save_seconds,
         stale_seconds=settings.stream_stale_seconds,
@@ -177,5 +181,6 @@ async def build_components(
         ),
         recorder=recorder,
         relay=Relay(),
+        limits=limits,
         background=[asyncio.create_task(recorder.run(), name="save streaming answers")],
     )

@@ -39,6 +39,14 @@ class Forbidden(ServiceError):
     """The caller is known but may not do this."""
 
 
+class TooManyRequests(ServiceError):
+    """A limit of the deployment is reached: `retry_after` seconds until it lets go."""
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = max(1, retry_after)
+
+
 class PayloadTooLarge(ServiceError):
     """The request body or upload is larger than the operator allows."""
 

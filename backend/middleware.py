@@ -1,5 +1,6 @@
 """Per-request context: a request id (from X-Request-ID or new) for logs and the response,
-and the request metrics. Plain ASGI, so streamed responses pass through untouched."""
+the usual security headers on every response, and the request metrics. Plain ASGI, so
+streamed responses pass through untouched."""
 
 from __future__ import annotations
 
@@ -13,11 +14,23 @@ from backend.metrics import Metrics
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+# An API that serves no pages may run nothing; the interactive docs load their scripts.
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+DOCS_PATHS = ("/docs", "/redoc")
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+
 
 class RequestContextMiddleware:
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, *, production: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.headers = SECURITY_HEADERS + ([HSTS] if production else [])
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -33,7 +46,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode()),
+                    *self.headers,
+                    *(() if scope["path"].startswith(DOCS_PATHS) else (API_CSP,)),
+                ]
                 self.metrics.request_seconds.labels(scope["method"], _route(scope)).observe(
                     time.perf_counter() - started
                 )

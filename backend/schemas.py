@@ -33,6 +33,7 @@ class Me(UserPublic):
         description="Whether this user may publish to the shared namespace (PUBLISHERS)."
     )
     max_upload_bytes: int = Field(description="Largest file /documents/upload accepts.")
+    is_admin: bool = Field(description="Held to no per-user limit (granted by the operator).")
 
 
 class Token(BaseModel):

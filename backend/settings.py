@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+
+if typing.TYPE_CHECKING:
+    from limits import RateLimitItem
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -212,6 +215,45 @@ class Settings(BaseSettings):
         5.0, ge=0.0, description="How often a replica checks for BM25 statistics others changed."
     )
 
+    # --- a public deployment: who may come in, and how much they may use ---------------
+    api_docs: bool = Field(
+        True, description="Serve the interactive docs (/docs, /redoc) and /openapi.json."
+    )
+    client_system_prompt: Literal["append", "replace"] = Field(
+        "append",
+        description="A /v1 client's system message: `append`ed after SYSTEM_PROMPT, or allowed "
+        "to `replace` it.",
+    )
+    registration: Literal["open", "closed"] = Field(
+        "open",
+        description="`closed`: accounts are made by the operator only "
+        "(`python -m backend.cli users add`).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='Proxies (IPs or CIDRs, JSON list; ["*"]: any) whose X-Forwarded-For '
+        "names the client; empty: the client is the socket's peer.",
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="Redis, so that every replica shares the limits' counters."
+    )
+    limit_login_failures: str = Field(
+        "10/15 minutes",
+        description="Failed sign-ins allowed per username and per client address.",
+    )
+    limit_registrations: str = Field(
+        "5/hour", description="Accounts one client address may create."
+    )
+    limit_requests: str = Field(
+        "60/minute", description="Chat, search and ingestion requests per user."
+    )
+    limit_streams: int = Field(4, ge=1, description="Answers one user may have streaming at once.")
+    limit_tokens_per_day: int = Field(
+        200_000,
+        ge=1,
+        description="Tokens (prompt + answer) a user may spend per UTC day on the models.",
+    )
+
     # --- streaming -----------------------------------------------------------------------
     sse_ping_seconds: int = Field(
         15, ge=1, description="Keep-alive comment interval on idle SSE streams."
@@ -222,7 +264,11 @@ class Settings(BaseSettings):
         "the answer, or let it `finish` (to be resumed).",
     )
     stream_save_seconds: float = Field(
-        0.5, gt=0, le=1.0, description="How often a streaming answer's text is saved."
+        0.5,
+        ge=0,
+        le=1.0,
+        description="How often a streaming answer's text is saved; 0: only when it ends "
+        "(a crash then loses the answer).",
     )
     stream_stale_seconds: float = Field(
         10.0,
@@ -263,6 +309,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"model {spec.name!r}: openai-compatible needs a base_url.")
             if spec.provider == "openai-compatible" and not spec.model:
                 raise ValueError(f"model {spec.name!r}: openai-compatible needs a model name.")
+        for name in ("limit_login_failures", "limit_registrations", "limit_requests"):
+            try:
+                parse_limit(getattr(self, name))
+            except ValueError:
+                raise ValueError(
+                    f"{name.upper()} must read like '10/minute' or '5/15 minutes'"
+                ) from None
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE.")
         if self.resolved_vector_store == "pinecone" and not (
@@ -378,6 +431,12 @@ def read_secret(path: Path, origin: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise SecretFileError(f"{origin}: cannot read the secret file {path} ({reason})") from None
+
+
+def parse_limit(text: str) -> RateLimitItem:
+    from limits import parse
+
+    return parse(text)
 
 
 @lru_cache

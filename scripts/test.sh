@@ -17,6 +17,11 @@ if url=$(scripts/ensure-postgres.sh | tail -1) && [ -n "$url" ]; then
 else
   echo "PostgreSQL could not be had here: its tests will be skipped." >&2
 fi
+if url=$(scripts/ensure-redis.sh | tail -1) && [ -n "$url" ]; then
+  export TEST_REDIS_URL=$url REQUIRE_REDIS=1
+else
+  echo "Redis could not be had here: its tests will be skipped." >&2
+fi
 
 .venv/bin/ruff check backend frontend tests bench
 .venv/bin/ruff format --check backend frontend tests bench

@@ -50,6 +50,22 @@ def postgres_url() -> Iterator[str]:
     asyncio.run(drop_database(POSTGRES_ADMIN_URL, name))
 
 
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis (database 15, emptied first), for the shared limits."""
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2) as client:
+            client.flushdb()
+    except redis.RedisError as exc:
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis required but unreachable at {url}: {exc}")
+        pytest.skip(f"no Redis at {url} ({exc}); run scripts/ensure-redis.sh")
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test using it runs against SQLite and against PostgreSQL."""

@@ -161,7 +161,14 @@ def live_server(app: Starlette) -> Iterator[LiveServer]:
     """Serve `app` with a real uvicorn on 127.0.0.1 in a thread, until the block ends."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=False,  # as `python -m backend`: only TRUSTED_PROXIES are believed
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -83,6 +83,7 @@ def test_every_secret_setting_is_typed_secret() -> None:
         "hf_token",
         "llm_api_key",
         "pinecone_api_key",
+        "redis_url",
     }
 
 

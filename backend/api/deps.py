@@ -73,6 +73,33 @@ async def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the socket's peer, or what a TRUSTED_PROXIES proxy says."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
+async def limited_user(user: CurrentUser, components: ComponentsDep) -> User:
+    """The caller, within LIMIT_REQUESTS (chat, search and ingestion)."""
+    await components.limits.request(user)
+    return user
+
+
+LimitedUser = Annotated[User, Depends(limited_user)]
+
+
+async def answering_user(user: LimitedUser, components: ComponentsDep) -> User:
+    """The caller, who may start another answer: tokens left today, streams free."""
+    await components.limits.tokens_left(user)
+    components.limits.streams(user, components.relay.running(user.id))
+    return user
+
+
+AnsweringUser = Annotated[User, Depends(answering_user)]
+
+
 def get_chat_service(components: ComponentsDep) -> ChatService:
     return components.chat_service
 

@@ -17,6 +17,7 @@ from backend.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
+    TooManyRequests,
     Unavailable,
     UpstreamFailed,
 )
@@ -32,6 +33,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     Forbidden: 403,
     PayloadTooLarge: 413,
     Unavailable: 503,
+    TooManyRequests: 429,
 }
 
 OPENAI_TYPES = {
@@ -56,7 +58,14 @@ def _is_openai(request: Request) -> bool:
     return request.url.path.startswith("/v1/")
 
 
-def openai_error(status: int, message: str, *, code: str | None, param: str | None) -> JSONResponse:
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """OpenAI's error shape, for the /v1 routes."""
     error = {
         "message": message,
@@ -64,21 +73,26 @@ def openai_error(status: int, message: str, *, code: str | None, param: str | No
         "param": param,
         "code": code,
     }
-    return JSONResponse({"error": error}, status_code=status)
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
     if _is_openai(request):
         param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None
         code = exc.code or ("invalid_api_key" if status == 401 else None)
         # OpenAI answers a bad parameter with 400, where the native API says 422.
-        return openai_error(400 if status == 422 else status, exc.detail, code=code, param=param)
+        status = 400 if status == 422 else status
+        return openai_error(status, exc.detail, code=code, param=param, headers=headers)
     detail: object = exc.detail
     if status == 422 and exc.field:
         # The same shape as FastAPI's own validation errors, so clients parse one format.
         detail = [{"loc": list(exc.field), "msg": exc.detail, "type": "value_error"}]
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 

@@ -36,6 +36,10 @@ async def create_user(*, session: AsyncSession, username: str, password_hash: st
     return user
 
 
+async def list_users(*, session: AsyncSession) -> Sequence[User]:
+    return (await session.execute(select(User).order_by(User.created_at))).scalars().all()
+
+
 async def get_user(*, session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 

@@ -26,6 +26,7 @@ from backend.db import repository
 from backend.db.models import Conversation, Message, utcnow
 from backend.llm import ChatModelHandle
 from backend.metrics import Metrics
+from backend.services.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Answer:
 
     conversation_id: str | None  # None: an answer that is not stored
     message_id: str
+    user_id: str  # whose tokens it spends
     parent_id: str
     created_at: datetime
     started: float  # perf_counter when the question was stored
@@ -104,12 +106,14 @@ class AnswerRecorder:
         *,
         sessions: async_sessionmaker[AsyncSession],
         metrics: Metrics | None = None,
+        limits: Limits | None = None,
         instance: str = "",
         save_seconds: float = 0.5,
         stale_seconds: float = 10.0,
     ) -> None:
         self.sessions = sessions
         self.metrics = metrics or Metrics()
+        self.limits = limits
         self.instance = instance
         self.save_seconds = save_seconds
         self.stale_seconds = stale_seconds
@@ -121,7 +125,7 @@ class AnswerRecorder:
     # --- while streaming -------------------------------------------------------------------
     def first_token(self, answer: Answer) -> None:
         """The answer has begun: its row is written at the next save, which starts now."""
-        if answer.conversation_id is not None:
+        if answer.conversation_id is not None and self.save_seconds > 0:
             self.streaming[answer.message_id] = answer
             self.wake.set()
 
@@ -131,7 +135,7 @@ class AnswerRecorder:
         next_sweep = time.monotonic() + self.stale_seconds / 2
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.save_seconds)
+                await asyncio.wait_for(self.wake.wait(), self.save_seconds or self.stale_seconds)
             self.wake.clear()
             try:
                 await self.save()
@@ -224,6 +228,9 @@ class AnswerRecorder:
             **usage,
         }
         self.observe(answer, usage["completion_tokens"] or 0)
+        if self.limits is not None:  # the day's quota, whether or not the answer is stored
+            spent = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
+            await self.limits.spend_tokens(answer.user_id, spent)
         content = answer.text
         unsaved = Message(
             id=answer.message_id,

@@ -299,6 +299,7 @@ class ChatService:
         answer = Answer(
             conversation_id=turn.conversation_id,
             message_id=turn.assistant_message_id,
+            user_id=turn.user.id,
             parent_id=turn.user_message_id,
             created_at=utcnow(),
             started=turn.started,

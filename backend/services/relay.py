@@ -125,6 +125,10 @@ class Relay:
         self.logs[message_id] = answer
         return answer
 
+    def running(self, user_id: str) -> int:
+        """How many of the user's answers this replica is generating."""
+        return sum(1 for a in self.logs.values() if a.user_id == user_id and a.end is None)
+
     def find(self, message_id: str, user_id: str) -> AnswerLog | None:
         answer = self.logs.get(message_id)
         return answer if answer is not None and answer.user_id == user_id else None

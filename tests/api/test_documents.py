@@ -385,7 +385,7 @@ def test_chat_answers_with_numbered_sources_and_stores_them(serve: Serve) -> Non
     assert all(s["metadata"]["year"] == 2011 for s in sources)
     assert len(sources) <= 2
     system = live.components.models.default.chat.prompts[-1][0].text
-    assert "[1]\nProgrammed cell death" in system
+    assert '<source id="1">\nProgrammed cell death' in system
     assert "cite" in system
     stored = client.get(
         f"/conversations/{result.first('meta')['conversation_id']}", headers=headers

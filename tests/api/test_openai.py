@@ -70,8 +70,9 @@ def test_a_completion_with_the_sync_sdk(api) -> None:
     assert completion.model_extra is not None
     assert completion.model_extra["sources"] == []
     prompt = live.components.models.default.chat.prompts[-1]
+    operator = live.components.settings.system_prompt  # holds; the client's comes after it
     assert [(m.type, m.text) for m in prompt] == [
-        ("system", "Answer in one line."),
+        ("system", f"{operator}\n\nAnswer in one line."),
         ("human", "Earlier question"),
         ("ai", "Earlier answer"),
         ("human", "What do glaciers do?"),

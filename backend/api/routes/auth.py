@@ -5,9 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from backend.api.deps import ComponentsDep, CurrentUser, SessionDep, SettingsDep
+from backend.api.deps import ClientAddress, ComponentsDep, CurrentUser, SessionDep
 from backend.db import repository
-from backend.errors import Conflict, NotAuthenticated, NotFound
+from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound
 from backend.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -30,8 +30,16 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
-async def register(user_in: UserCreate, session: SessionDep) -> UserPublic:
-    """Create an account."""
+async def register(
+    user_in: UserCreate, session: SessionDep, components: ComponentsDep, address: ClientAddress
+) -> UserPublic:
+    """Create an account (when REGISTRATION is open; LIMIT_REGISTRATIONS per address)."""
+    if components.settings.registration == "closed":
+        raise Forbidden(
+            "registration is closed; the operator creates accounts "
+            "(python -m backend.cli users add)"
+        )
+    await components.limits.registration(address)
     if await repository.get_user_by_username(session=session, username=user_in.username):
         raise Conflict("username is already taken", field=("body", "username"))
     user = await repository.create_user(
@@ -47,12 +55,19 @@ async def register(user_in: UserCreate, session: SessionDep) -> UserPublic:
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
-    settings: SettingsDep,
+    components: ComponentsDep,
+    address: ClientAddress,
 ) -> Token:
-    """Exchange username and password for a bearer token (OAuth2 password flow)."""
+    """Exchange username and password for a bearer token (OAuth2 password flow); after
+    LIMIT_LOGIN_FAILURES for a username or an address, 429 until the window passes."""
+    settings = components.settings
+    await components.limits.before_sign_in(form.username, address)
     user = await repository.get_user_by_username(session=session, username=form.username)
     if user is None or not verify_password(user.password_hash, form.password):
+        await components.limits.sign_in_failed(form.username, address)
         raise NotAuthenticated("incorrect username or password")
+    if not user.is_active:
+        raise NotAuthenticated("this account is disabled")
     token = create_access_token(
         subject=user.id,
         secret_key=settings.secret_key.get_secret_value(),
@@ -68,6 +83,7 @@ async def me(user: CurrentUser, components: ComponentsDep) -> Me:
     return Me(
         **UserPublic.model_validate(user).model_dump(),
         can_publish=components.documents.can_publish(user),
+        is_admin=user.is_admin,
         max_upload_bytes=components.settings.max_upload_bytes,
     )
 

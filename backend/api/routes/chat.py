@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser
+from backend.api.deps import AnsweringUser, ChatServiceDep, ComponentsDep
 from backend.api.sse import relayed_response
 from backend.db.models import User
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
@@ -24,7 +24,7 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
 
 @router.post("/chat/stream")
 async def chat_stream(
-    body: ChatRequest, user: CurrentUser, components: ComponentsDep
+    body: ChatRequest, user: AnsweringUser, components: ComponentsDep
 ) -> EventSourceResponse:
     """Answer as Server-Sent Events: meta, sources, token..., then done or error. Token
     events carry ids (characters so far): GET /messages/{id}/stream resumes from one."""
@@ -33,7 +33,7 @@ async def chat_stream(
 
 
 @router.post("/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, user: CurrentUser, service: ChatServiceDep) -> ChatResponse:
+async def chat(body: ChatRequest, user: AnsweringUser, service: ChatServiceDep) -> ChatResponse:
     """Answer in one JSON response (the same pipeline as /chat/stream)."""
     turn = await _start(service, user, body)
     answer = await service.complete(turn)

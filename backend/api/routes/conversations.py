@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
 
-from backend.api.deps import ComponentsDep, CurrentUser, SessionDep
+from backend.api.deps import AnsweringUser, ComponentsDep, CurrentUser, SessionDep
 from backend.api.inputs import MAX_OFFSET
 from backend.api.sse import relayed_response, sse_response
 from backend.db import repository
@@ -103,7 +103,7 @@ async def delete_conversation(
 @router.post("/{conversation_id}/regenerate")
 async def regenerate(
     conversation_id: str,
-    user: CurrentUser,
+    user: AnsweringUser,
     components: ComponentsDep,
     body: RegenerateRequest | None = None,
 ) -> EventSourceResponse:
@@ -188,7 +188,7 @@ async def resume_stream(
         message_id=message_id,
         user_id=user.id,
         after=position,
-        poll_seconds=settings.stream_save_seconds,
+        poll_seconds=settings.stream_save_seconds or 0.5,
     )
     return sse_response(events, settings)
 

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from backend.api.deps import ComponentsDep, CurrentUser, SettingsDep
+from backend.api.deps import ComponentsDep, CurrentUser, LimitedUser, SettingsDep
 from backend.api.inputs import MAX_OFFSET
 from backend.db.models import Document
 from backend.errors import InvalidInput, PayloadTooLarge
@@ -59,7 +59,7 @@ def _public(document: Document) -> DocumentPublic:
 
 @router.post("/documents", status_code=status.HTTP_201_CREATED, response_model=IngestResponse)
 async def ingest_documents(
-    body: DocumentsIn, user: CurrentUser, components: ComponentsDep
+    body: DocumentsIn, user: LimitedUser, components: ComponentsDep
 ) -> IngestResponse:
     """Ingest JSON documents into your private namespace (or the shared one, if you publish)."""
     results = await components.documents.ingest(
@@ -74,7 +74,7 @@ async def ingest_documents(
     "/documents/upload", status_code=status.HTTP_201_CREATED, response_model=IngestResponse
 )
 async def upload_document(
-    user: CurrentUser,
+    user: LimitedUser,
     components: ComponentsDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="Plain text, Markdown, HTML or PDF.")],
@@ -145,7 +145,7 @@ async def delete_document(
 
 @router.post("/search", response_model=SearchResponse)
 async def search(
-    body: SearchRequest, user: CurrentUser, components: ComponentsDep
+    body: SearchRequest, user: LimitedUser, components: ComponentsDep
 ) -> SearchResponse:
     """Ranked passages for a query (hybrid, filtered), without generation."""
     result = await components.documents.search(

@@ -16,7 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from backend.api.deps import ChatServiceDep, ComponentsDep, CurrentUser, SettingsDep
+from backend.api.deps import (
+    AnsweringUser,
+    ChatServiceDep,
+    ComponentsDep,
+    CurrentUser,
+    SettingsDep,
+)
 from backend.db.models import Message
 from backend.errors import InvalidInput, NotFound
 from backend.schemas import GenerationOptions
@@ -97,7 +103,7 @@ def _split(messages: list[OpenAIMessage]) -> tuple[str | None, list[tuple[str, s
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest,
-    user: CurrentUser,
+    user: AnsweringUser,
     service: ChatServiceDep,
     components: ComponentsDep,
     settings: SettingsDep,
@@ -110,6 +116,9 @@ async def chat_completions(
             code="model_not_found",
         )
     system, history, question = _split(body.messages)
+    if system and settings.client_system_prompt == "append":
+        # The operator's instruction holds; the client's comes after it, not instead.
+        system = f"{settings.system_prompt}\n\n{system}"
     turn = await service.start(
         user=user,
         message=question,
