@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--answers", type=int, default=50, help="clients of the one-token case")
+    parser.add_argument(
+        "--stream-save-seconds", help="STREAM_SAVE_SECONDS of the service (0: save at the end only)"
+    )
     parser.add_argument("--serve-upstream", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -212,7 +215,7 @@ def main() -> None:
 
 
 def serve_both(
-    provider: str, upstream_url: str, tmp: str
+    provider: str, upstream_url: str, tmp: str, extra: dict[str, str]
 ) -> tuple[AbstractContextManager[int], str, AbstractContextManager[int], str]:
     relay_port, port = free_port(), free_port()
     relay = process(
@@ -220,7 +223,7 @@ def serve_both(
         f"http://127.0.0.1:{relay_port}/docs",
     )
     env = {"PORT": str(port), "DATA_DIR": tmp, "LOG_LEVEL": "warning", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "LLM_MODELS": json.dumps([PROVIDERS[provider](upstream_url)])}  # fmt: skip
+           "LLM_MODELS": json.dumps([PROVIDERS[provider](upstream_url)]), **extra}  # fmt: skip
     backend = process([sys.executable, "-m", "backend"], f"http://127.0.0.1:{port}/ready", env)
     return relay, f"http://127.0.0.1:{relay_port}", backend, f"http://127.0.0.1:{port}"
 
@@ -233,7 +236,11 @@ def report(args: argparse.Namespace, provider: str, long_url: str, short_url: st
         (short_url, [args.answers]),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            relay, relay_url, backend, url = serve_both(provider, upstream_url, tmp)
+            extra = {"LIMIT_REQUESTS": "1000000/minute", "LIMIT_STREAMS": "100000",
+                     "LIMIT_REGISTRATIONS": "1000/hour", "LIMIT_TOKENS_PER_DAY": "1000000000"}  # fmt: skip
+            if args.stream_save_seconds is not None:
+                extra["STREAM_SAVE_SECONDS"] = args.stream_save_seconds
+            relay, relay_url, backend, url = serve_both(provider, upstream_url, tmp, extra)
             with relay as relay_pid, backend as pid:
                 headers = register(url)
                 asyncio.run(load(url, pid, headers, 4, 8))  # warm-up

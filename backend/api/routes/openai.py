@@ -130,8 +130,16 @@ async def chat_completions(
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # Through the relay like every stream: counted in LIMIT_STREAMS, queued deltas
+        # coalesced; a client that leaves stops the answer, as OpenAI's API does.
+        answer = components.relay.start(
+            service.answer(turn),
+            message_id=turn.assistant_message_id,
+            user_id=user.id,
+            on_disconnect="stop",
+        )
         return EventSourceResponse(
-            _chunks(turn, service.answer(turn), include_usage),
+            _chunks(turn, answer.follow(), include_usage),
             ping=settings.sse_ping_seconds,
             sep="\n",
         )
