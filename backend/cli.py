@@ -1,10 +1,12 @@
 """Command-line tools: `python -m backend.cli ingest|eval|users ...`.
 
 ingest: folders and JSONL files into the knowledge base, through the same ingestion path
-        as the API, with a progress bar and a summary. For corpora too large for one request.
+        as the API, with a progress bar and a summary. For corpora too large for one request;
+        `--ray [--address A]` chunks and embeds on a Ray cluster (requirements-ray.txt).
 eval:   a BEIR-layout dataset (corpus.jsonl, queries.jsonl, qrels/*.tsv) through the real
-        ingestion and search path: recall@10, recall@100, nDCG@10 and MRR for keyword-only,
-        dense-only and hybrid search at several alphas, plus timings.
+        ingestion and search path: nDCG@10, recall@10, recall@100 and MRR for keyword-only,
+        dense-only and hybrid search at several alphas, grouped by document and not, with
+        and without contextual chunk text, plus timings. `--split dev` for tuning.
 users:  accounts, for operators (with REGISTRATION=closed, the only way in): `users add
         NAME [--admin] [--password-stdin]`, `users disable NAME`, `users list`. Only this
         command grants the admin flag (no per-user limits).
@@ -20,7 +22,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from backend.sources import batches, iter_documents
@@ -35,9 +37,15 @@ async def _ingest(args: argparse.Namespace) -> int:
     from backend.components import build_documents, open_database
     from backend.db import repository
     from backend.db.engine import session_factory
+    from backend.schemas import DocumentIn
+    from backend.services.ingestion import Identity
     from backend.settings import settings_or_exit
 
     settings = settings_or_exit()
+    if args.ray:
+        from backend.bulk import import_ray
+
+        import_ray()  # says how to install it, before any work
     engine = await open_database(settings)
     sessions = session_factory(engine)
     try:
@@ -53,15 +61,33 @@ async def _ingest(args: argparse.Namespace) -> int:
         counts: dict[str, int] = defaultdict(int)
         chunks = 0
         progress = tqdm(unit="doc", desc="ingesting", disable=args.quiet)
-        for batch in batches(iter_documents(args.paths), args.batch_size):
-            results = await documents.ingest(
-                user=user, documents=batch, scope=args.namespace, operator=True
+        todo: Iterable[list[DocumentIn]] = batches(iter_documents(args.paths), args.batch_size)
+        embed = None
+        if args.ray:
+            from backend.bulk import RayEmbedded
+
+            everything = list(iter_documents(args.paths))
+            skip = await documents.unchanged(user=user, documents=everything, scope=args.namespace)
+            left = [d for d in everything if Identity.of(d).id not in skip]
+            counts["unchanged"] = len(everything) - len(left)
+            progress.update(counts["unchanged"])
+            ray_embedded = RayEmbedded()
+            todo = ray_embedded.batches(
+                left,
+                settings=settings,
+                workers=args.workers,
+                batch_size=args.batch_size,
+                address=args.address,
             )
+            embed = ray_embedded.embed
+        async for results in documents.ingest_batches(
+            user=user, batches=todo, scope=args.namespace, operator=True, embed=embed
+        ):
             for result in results:
                 counts[result.status] += 1
                 if result.status != "unchanged":
                     chunks += result.chunks
-            progress.update(len(batch))
+            progress.update(len(results))
             progress.set_postfix(chunks=chunks)
         progress.close()
         seconds = time.perf_counter() - started
@@ -85,6 +111,7 @@ async def _eval(args: argparse.Namespace) -> int:
         split=args.split,
         alphas=[float(a) for a in args.alphas.split(",")],
         fusions=parse_fusions(args.fusions),
+        contextual={"yes": [True], "no": [False], "both": [False, True]}[args.contextual],
         corpus_limit=args.corpus_limit,
         query_limit=args.query_limit,
         quiet=args.quiet,
@@ -171,10 +198,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.add_argument("--namespace", choices=["private", "shared"], default="private")
     ingest.add_argument("--batch-size", type=int, default=64, help="documents per batch")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument(
+        "--ray", action="store_true", help="chunk and embed on Ray (requirements-ray.txt)"
+    )
+    ingest.add_argument("--address", help="a Ray cluster's address (default: start one here)")
+    ingest.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="embedding actors on Ray"
+    )
 
     evaluate_ = commands.add_parser("eval", help="measure retrieval on a BEIR-layout dataset")
     evaluate_.add_argument("dataset", type=Path)
-    evaluate_.add_argument("--split", default="test", help="qrels file to use (qrels/SPLIT.tsv)")
+    evaluate_.add_argument(
+        "--split",
+        default="test",
+        help="qrels/SPLIT.tsv; 'dev' without such a file: train.tsv, or all.tsv minus test.tsv",
+    )
+    evaluate_.add_argument(
+        "--contextual",
+        choices=["yes", "no", "both"],
+        default="both",
+        help="encode chunks with their title and headings (each choice ingests afresh)",
+    )
     evaluate_.add_argument("--alphas", default="0.25,0.5,0.75", help="hybrid alphas to score")
     evaluate_.add_argument("--fusions", default="minmax,convex")
     evaluate_.add_argument(

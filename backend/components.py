@@ -109,13 +109,19 @@ async def build_documents(
         embeddings, dimension = build_embeddings(settings)
     else:
         dimension = len(embeddings.embed_query("dimension probe"))
+    reranker = None
+    if settings.reranker_model:
+        from backend.retrieval.rerank import Reranker
+
+        reranker = Reranker.load(settings.reranker_model, candidates=settings.rerank_candidates)
     store = store or build_vector_store(settings, dimension)
     retriever = HybridRetriever(
         embeddings=embeddings,
-        encoder=BM25Encoder(),
+        encoder=BM25Encoder(k1=settings.bm25_k1, b=settings.bm25_b),
         store=store,
         fusion=settings.retrieval_fusion,
         candidates=settings.retrieval_candidates,
+        reranker=reranker,
     )
     documents = DocumentService(
         settings=settings, sessions=sessions, retriever=retriever, metrics=metrics

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, get_args
 
 from langchain_core.embeddings import Embeddings
+from pydantic import SecretStr
 
 from backend.retrieval.chunking import chunk_text
-from backend.retrieval.retriever import Fusion
+from backend.retrieval.retriever import Fusion, HybridRetriever
 from backend.sources import batches, jsonl_documents
 
 log = logging.getLogger(__name__)
@@ -81,26 +82,45 @@ class _CachedQueries(Embeddings):
         return self.inner.embed_documents(texts)
 
 
+def read_split(dataset: Path, split: str) -> dict[str, set[str]]:
+    """The relevance judgements of a split: `qrels/SPLIT.tsv`. `dev`, when the dataset has
+    no such file, is made of training questions only: `train.tsv`, or else the questions
+    of `all.tsv` that `test.tsv` does not hold (so a parameter chosen on dev never saw a
+    test question)."""
+    qrels = dataset / "qrels"
+    if (qrels / f"{split}.tsv").is_file():
+        return _read_qrels(qrels / f"{split}.tsv")
+    if split == "dev":
+        if (qrels / "train.tsv").is_file():
+            return _read_qrels(qrels / "train.tsv")
+        if (qrels / "all.tsv").is_file() and (qrels / "test.tsv").is_file():
+            test = _read_qrels(qrels / "test.tsv")
+            return {q: r for q, r in _read_qrels(qrels / "all.tsv").items() if q not in test}
+    known = sorted(p.stem for p in qrels.glob("*.tsv"))
+    raise SystemExit(
+        f"{dataset}: no split {split!r} (qrels/{split}.tsv); splits: {', '.join(known)}"
+        + ("; dev is made from train.tsv, or from all.tsv minus test.tsv" if split == "dev" else "")
+    )
+
+
 async def evaluate(
     dataset: Path,
     *,
     split: str = "test",
-    alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    alphas: Sequence[float] = (0.25, 0.5, 0.75),
     fusions: Sequence[Fusion] = ("minmax", "convex"),
+    contextual: Sequence[bool] = (True,),
     corpus_limit: int | None = None,
     query_limit: int | None = None,
     embeddings: Any = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Ingest the dataset into a fresh embedded store and score every configuration."""
-    from backend.components import build_documents, open_database
-    from backend.db import repository
-    from backend.db.engine import session_factory
+    """Ingest the dataset into a fresh embedded store (once per `contextual` choice) and
+    score every configuration, with results grouped by document and not."""
     from backend.retrieval.embeddings import build_embeddings
-    from backend.retrieval.filters import matches
     from backend.settings import Settings
 
-    qrels = _read_qrels(dataset / "qrels" / f"{split}.tsv")
+    qrels = read_split(dataset, split)
     queries = {}
     with (dataset / "queries.jsonl").open(encoding="utf-8") as lines:
         for line in lines:
@@ -119,107 +139,164 @@ async def evaluate(
         keep += [d for d in corpus if d.id not in wanted][: max(corpus_limit - len(keep), 0)]
         corpus = keep
 
-    with tempfile.TemporaryDirectory(prefix="ragstream-eval-") as tmp:
-        settings = Settings(
-            _env_file=None,
-            data_dir=Path(tmp),
-            database_url=f"sqlite+aiosqlite:///{tmp}/eval.db",
-            vector_store="embedded",
-            pinecone_api_key=None,
-        )
-        if embeddings is None:
-            embeddings, _ = build_embeddings(settings)
-        cached = _CachedQueries(embeddings)
-        engine = await open_database(settings)
-        sessions = session_factory(engine)
-        async with sessions() as session:
-            user = await repository.create_user(session=session, username="eval", password_hash="-")
-            await session.commit()
-        documents = await build_documents(settings, sessions, embeddings=cached)
-
-        started = time.perf_counter()
-        chunks = 0
-        for batch in batches(iter(corpus), 256):
-            results = await documents.ingest(user=user, documents=batch, operator=True)
-            chunks += sum(r.chunks for r in results)
-            if not quiet:
-                print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
-        ingest_seconds = time.perf_counter() - started
-        if not quiet:
-            print(file=sys.stderr)
-        namespace = documents.readable_namespaces(user, ["private"])
-        # The embedding model alone on the same chunks, for comparison with ingestion.
-        chunk_texts = [
-            c.text
-            for d in corpus
-            for c in chunk_text(d.text, size=settings.chunk_size, overlap=settings.chunk_overlap)
-        ][:1000]
-        started = time.perf_counter()
-        embeddings.embed_documents(chunk_texts)
-        raw_rate = len(chunk_texts) / (time.perf_counter() - started)
-
-        retriever = documents.retriever
-        configurations: list[tuple[str, Fusion, float]] = [
-            ("keyword (BM25)", "minmax", 0.0),
-            ("dense", "minmax", 1.0),
-        ]
-        for fusion in fusions:
-            configurations += [(f"hybrid {fusion}", fusion, a) for a in alphas if 0 < a < 1]
-        rows = []
-        for name, fusion, alpha in configurations:
-            totals: dict[str, float] = defaultdict(float)
-            latencies = []
-            for query_id in query_ids:
-                t0 = time.perf_counter()
-                result = await retriever.search(
-                    queries[query_id],
-                    namespaces=namespace,
-                    top_k=100,
-                    alpha=alpha,
-                    fusion=fusion,
-                )
-                latencies.append((time.perf_counter() - t0) * 1000)
-                ranked = list(dict.fromkeys(p.document_id for p in result.passages))
-                for key, value in metrics(ranked, qrels[query_id]).items():
-                    totals[key] += value
-            n = len(query_ids)
-            rows.append(
-                {
-                    "method": name,
-                    "fusion": fusion,
-                    "alpha": alpha,
-                    **{k: v / n for k, v in totals.items()},
-                    "p50_ms": statistics.median(latencies),
-                }
-            )
-
-        # Filters: every passage returned must satisfy the filter, and filtered search finds
-        # as many relevant passages within the filter as the filter allows.
-        violations = 0
-        checks: list[dict[str, Any]] = [
-            {"section": "RESULTS"},
-            {"year": {"$gte": 2010}},
-            {"$or": [{"section": "CONCLUSIONS"}, {"meshes": "Humans"}]},
-        ]
-        for filter_ in checks:
-            for query_id in query_ids[:100]:
-                result = await retriever.search(
-                    queries[query_id], namespaces=namespace, top_k=20, alpha=0.5, filter_=filter_
-                )
-                violations += sum(not matches(filter_, {**p.metadata}) for p in result.passages)
-        await documents.store.close()
-        await engine.dispose()
-    return {
+    settings = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
+    if embeddings is None:
+        embeddings, _ = build_embeddings(settings)
+    cached = _CachedQueries(embeddings)
+    report: dict[str, Any] = {
         "dataset": dataset.name,
         "split": split,
         "queries": len(query_ids),
         "documents": len(corpus),
+        "settings": {
+            "bm25_k1": settings.bm25_k1,
+            "bm25_b": settings.bm25_b,
+            "chunk_size": settings.chunk_size,
+            "passages_per_document": settings.retrieval_passages_per_document,
+            "reranker": settings.reranker_model,
+        },
+        "rows": [],
+    }
+    for context in contextual:
+        with tempfile.TemporaryDirectory(prefix="ragstream-eval-") as tmp:
+            run = settings.model_copy(
+                update={
+                    "data_dir": Path(tmp),
+                    "database_url": SecretStr(f"sqlite+aiosqlite:///{tmp}/eval.db"),
+                    "contextual_chunks": context,
+                }
+            )
+            measured = await _measure(
+                run,
+                cached,
+                corpus,
+                {q: queries[q] for q in query_ids},
+                qrels,
+                alphas,
+                fusions,
+                quiet,
+            )
+        for row in measured.pop("rows"):
+            report["rows"].append({**row, "contextual": context})
+        report.update(measured)
+    # The embedding model alone on the same chunks, for comparison with ingestion.
+    chunk_texts = [
+        c.text
+        for d in corpus
+        for c in chunk_text(d.text, size=settings.chunk_size, overlap=settings.chunk_overlap)
+    ][:1000]
+    started = time.perf_counter()
+    embeddings.embed_documents(chunk_texts)
+    report["raw_embed_chunks_per_s"] = len(chunk_texts) / (time.perf_counter() - started)
+    return report
+
+
+async def _documents_found(retriever: HybridRetriever, query: str, **search: Any) -> list[str]:
+    result = await retriever.search(query, **search)
+    return list(dict.fromkeys(p.document_id for p in result.passages))
+
+
+async def _measure(
+    settings: Any,
+    embeddings: Embeddings,
+    corpus: list[Any],
+    queries: dict[str, str],
+    qrels: dict[str, set[str]],
+    alphas: Sequence[float],
+    fusions: Sequence[Fusion],
+    quiet: bool,
+) -> dict[str, Any]:
+    from backend.components import build_documents, open_database
+    from backend.db import repository
+    from backend.db.engine import session_factory
+    from backend.retrieval.filters import matches
+
+    engine = await open_database(settings)
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        user = await repository.create_user(session=session, username="eval", password_hash="-")
+        await session.commit()
+    documents = await build_documents(settings, sessions, embeddings=embeddings)
+
+    started = time.perf_counter()
+    chunks = 0
+    for batch in batches(iter(corpus), 256):
+        results = await documents.ingest(user=user, documents=batch, operator=True)
+        chunks += sum(r.chunks for r in results)
+        if not quiet:
+            print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
+    ingest_seconds = time.perf_counter() - started
+    if not quiet:
+        print(file=sys.stderr)
+    namespace = documents.readable_namespaces(user, ["private"])
+    retriever = documents.retriever
+    per_document = settings.retrieval_passages_per_document
+
+    configurations: list[tuple[str, Fusion, float, bool]] = [
+        ("keyword (BM25)", "minmax", 0.0, False),
+        ("dense", "minmax", 1.0, False),
+    ]
+    for fusion in fusions:
+        configurations += [(f"hybrid {fusion}", fusion, a, False) for a in alphas if 0 < a < 1]
+    if retriever.reranker is not None:
+        configurations.append(
+            ("reranked", settings.retrieval_fusion, settings.retrieval_alpha, True)
+        )
+    rows = []
+    for name, fusion, alpha, rerank in configurations:
+        totals: dict[str, float] = defaultdict(float)
+        latencies = []
+        for query_id, query in queries.items():
+            search = {"namespaces": namespace, "alpha": alpha, "fusion": fusion, "rerank": rerank}
+            t0 = time.perf_counter()
+            grouped = await _documents_found(
+                retriever,
+                query,
+                group_by="document",
+                top_k=100,
+                per_document=per_document,
+                **search,
+            )
+            latencies.append((time.perf_counter() - t0) * 1000)
+            for key, value in metrics(grouped, qrels[query_id]).items():
+                totals[key] += value
+            # Without grouping: the distinct documents of the first 10 chunks.
+            ungrouped = await _documents_found(
+                retriever, query, group_by="chunk", top_k=10, **search
+            )
+            totals["ndcg@10 ungrouped"] += metrics(ungrouped, qrels[query_id])["ndcg@10"]
+        n = len(queries)
+        rows.append(
+            {
+                "method": name,
+                "fusion": fusion,
+                "alpha": alpha,
+                **{k: v / n for k, v in totals.items()},
+                "p50_ms": statistics.median(latencies),
+            }
+        )
+
+    # Filters: every passage returned must satisfy the filter.
+    violations = 0
+    checks: list[dict[str, Any]] = [
+        {"section": "RESULTS"},
+        {"year": {"$gte": 2010}},
+        {"$or": [{"section": "CONCLUSIONS"}, {"meshes": "Humans"}]},
+    ]
+    for filter_ in checks:
+        for query in list(queries.values())[:100]:
+            result = await retriever.search(
+                query, namespaces=namespace, top_k=20, alpha=0.5, filter_=filter_
+            )
+            violations += sum(not matches(filter_, {**p.metadata}) for p in result.passages)
+    await documents.store.close()
+    await engine.dispose()
+    return {
         "chunks": chunks,
         "ingest_seconds": ingest_seconds,
         "ingest_chunks_per_s": chunks / ingest_seconds,
-        "raw_embed_chunks_per_s": raw_rate,
         "rows": rows,
-        "filter_checks": len(checks) * min(len(query_ids), 100),
+        "filter_checks": len(checks) * min(len(queries), 100),
         "filter_violations": violations,
     }
 
@@ -227,17 +304,32 @@ async def evaluate(
 def print_report(report: dict[str, Any]) -> None:
     r = report
     print(f"{r['dataset']} ({r['split']}): {r['queries']} queries, ", end="")
-    print(f"{r['documents']} documents, {r['chunks']} chunks")
+    print(f"{r['documents']} documents, {r['chunks']} chunks; settings: {r['settings']}")
     print(
         f"ingestion: {r['ingest_seconds']:.1f} s, {r['ingest_chunks_per_s']:.1f} chunks/s ", end=""
     )
     print(f"(embedding model alone on the same chunks: {r['raw_embed_chunks_per_s']:.1f} chunks/s)")
-    header = ("method", "alpha", "nDCG@10", "R@10", "R@100", "MRR", "p50 ms")
-    print("{:<16} {:>5} {:>8} {:>7} {:>7} {:>7} {:>7}".format(*header))
+    print("nDCG@10 by document; ungrouped: the distinct documents of the first 10 chunks")
+    header = (
+        "method",
+        "alpha",
+        "context",
+        "ungrouped",
+        "nDCG@10",
+        "R@10",
+        "R@100",
+        "MRR",
+        "p50 ms",
+    )
+    print("{:<16} {:>5} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7}".format(*header))
     for row in r["rows"]:
-        values = [row[k] for k in ("alpha", "ndcg@10", "recall@10", "recall@100", "mrr")]
+        values = [
+            row[k] for k in ("ndcg@10 ungrouped", "ndcg@10", "recall@10", "recall@100", "mrr")
+        ]
         print(
-            "{:<16} {:>5.2f} {:>8.4f} {:>7.4f} {:>7.4f} {:>7.4f}".format(row["method"], *values),
+            "{:<16} {:>5.2f} {:>7} {:>9.4f} {:>8.4f} {:>7.4f} {:>7.4f} {:>7.4f}".format(
+                row["method"], row["alpha"], "yes" if row["contextual"] else "no", *values
+            ),
             f"{row['p50_ms']:>7.1f}",
         )
     print(f"filter checks: {r['filter_checks']} searches, ", end="")

@@ -132,6 +132,11 @@ class RetrievalRequest(BaseModel):
     alpha: float | None = Field(
         None, ge=0.0, le=1.0, description="0 keyword only, 1 dense only; default: the setting."
     )
+    group_by: Literal["document", "chunk"] | None = Field(
+        None,
+        description="`document`: one source per document (its best passages); "
+        "default: the setting RETRIEVAL_GROUP_BY.",
+    )
 
 
 class GenerationOptions(BaseModel):
@@ -271,8 +276,13 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=4000)
     namespaces: list[Literal["private", "shared"]] | None = Field(None, min_length=1)
     filter: dict[str, Any] | None = None
-    top_k: int | None = Field(None, ge=1, le=100)
+    top_k: int | None = Field(None, ge=1, le=100, description="Results (documents or chunks).")
     alpha: float | None = Field(None, ge=0.0, le=1.0)
+    group_by: Literal["document", "chunk"] | None = Field(
+        None,
+        description="`document`: the best `top_k` documents, each with its best passages "
+        "merged; `chunk`: the best `top_k` chunks; default: the setting RETRIEVAL_GROUP_BY.",
+    )
 
 
 class SourcePublic(BaseModel):

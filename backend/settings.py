@@ -196,6 +196,30 @@ class Settings(BaseSettings):
     retrieval_candidates: int = Field(
         100, ge=10, le=1000, description="Candidates per side before min-max fusion."
     )
+    retrieval_group_by: Literal["document", "chunk"] = Field(
+        "document",
+        description="Results per document (its best passages merged) or per chunk.",
+    )
+    retrieval_passages_per_document: int = Field(
+        2, ge=1, le=10, description="Passages of one document merged into its result."
+    )
+    contextual_chunks: bool = Field(
+        True,
+        description="Encode each chunk with its document's title and headings "
+        "(the stored passage stays the original text). Re-ingest after changing it.",
+    )
+    bm25_k1: float = Field(
+        0.9, gt=0.0, le=10.0, description="BM25 term saturation (re-ingest after changing it)."
+    )
+    bm25_b: float = Field(
+        0.4, ge=0.0, le=1.0, description="BM25 length normalisation (re-ingest after changing it)."
+    )
+    reranker_model: str | None = Field(
+        None, description="Folder of a sentence-transformers cross-encoder; unset: no reranking."
+    )
+    rerank_candidates: int = Field(
+        20, ge=1, le=200, description="Results the cross-encoder rescores."
+    )
     context_share: float = Field(
         0.6, gt=0.0, le=1.0, description="Share of the prompt budget sources may fill."
     )

@@ -124,7 +124,7 @@ def document_vector(doc: TermCounts, *, avg_length: float, k1: float, b: float) 
 
 
 class BM25Encoder:
-    def __init__(self, stats: CorpusStats | None = None, *, k1: float = 1.2, b: float = 0.75):
+    def __init__(self, stats: CorpusStats | None = None, *, k1: float = 0.9, b: float = 0.4):
         self.stats = stats or CorpusStats()
         self.k1 = k1
         self.b = b

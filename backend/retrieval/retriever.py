@@ -9,6 +9,11 @@ Two fusions, chosen by measurement (`python -m backend.cli eval`, see docs/retri
   `alpha` and the keyword query by `(1 − alpha)` over its largest possible BM25 score
   (so both sides live in [0, 1]) — Pinecone's own hybrid recipe, one request.
 Both run the same code over any `VectorStore`, so every backend ranks alike.
+
+Then, optionally, a cross-encoder rescores the first candidates (`Reranker`), and results
+are grouped by document: the best `per_document` passages of each of the best `top_k`
+documents, merged in reading order into one result, so a long document cannot fill every
+slot and citations never repeat a document.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from langchain_core.embeddings import Embeddings
 
 from backend.retrieval.bm25 import BM25Encoder, SparseVector
 from backend.retrieval.filters import Filter
+from backend.retrieval.rerank import Reranker
 from backend.retrieval.store import Match, VectorStore, rank
 
 Fusion = Literal["minmax", "convex"]
+GroupBy = Literal["document", "chunk"]
 # Keys the service itself puts in chunk metadata.
 TEXT_KEY = "text"
 DOCUMENT_KEY = "document_id"
@@ -86,12 +93,14 @@ class HybridRetriever:
         store: VectorStore,
         fusion: Fusion = "convex",
         candidates: int = 100,
+        reranker: Reranker | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.encoder = encoder
         self.store = store
         self.fusion = fusion
         self.candidates = candidates
+        self.reranker = reranker
 
     async def embed_query(self, query: str) -> list[float]:
         return await anyio.to_thread.run_sync(self.embeddings.embed_query, query)
@@ -105,25 +114,38 @@ class HybridRetriever:
         alpha: float,
         filter_: Filter | None = None,
         fusion: Fusion | None = None,
+        group_by: GroupBy = "chunk",
+        per_document: int = 1,
+        rerank: bool = True,
     ) -> SearchResult:
         started = time.perf_counter()
         dense = await self.embed_query(query) if alpha > 0 else None
         sparse = self.encoder.encode_query(query) if alpha < 1 else None
         encoded = time.perf_counter()
+        reranker = self.reranker if rerank else None
+        # Grouping needs more chunks than documents asked for; reranking its candidates.
+        wanted = top_k * (per_document + 2) if group_by == "document" else top_k
+        if reranker is not None:
+            wanted = max(wanted, reranker.candidates)
         method = fusion or self.fusion
         if method == "convex":
-            passages = await self._convex(dense, sparse, namespaces, top_k, alpha, filter_)
+            passages = await self._convex(dense, sparse, namespaces, wanted, alpha, filter_)
         else:
-            passages = await self._minmax(dense, sparse, namespaces, top_k, alpha, filter_)
-        done = time.perf_counter()
-        return SearchResult(
-            passages,
-            {
-                "encode_ms": round((encoded - started) * 1000, 2),
-                "search_ms": round((done - encoded) * 1000, 2),
-                "total_ms": round((done - started) * 1000, 2),
-            },
-        )
+            passages = await self._minmax(dense, sparse, namespaces, wanted, alpha, filter_)
+        searched = time.perf_counter()
+        timings = {
+            "encode_ms": (encoded - started) * 1000,
+            "search_ms": (searched - encoded) * 1000,
+        }
+        if reranker is not None and passages:
+            passages = await reranker.rerank(query, passages)
+            timings["rerank_ms"] = (time.perf_counter() - searched) * 1000
+        if group_by == "document":
+            passages = group_by_document(passages, top_k, per_document)
+        else:
+            passages = passages[:top_k]
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return SearchResult(passages, {k: round(v, 2) for k, v in timings.items()})
 
     async def _each_namespace(
         self,
@@ -198,3 +220,36 @@ class HybridRetriever:
         if vector is None:  # keyword only: no shared term, no evidence
             matches = [m for m in matches if m.score > 0]
         return [_passage(m, m.score) for m in matches]
+
+
+def group_by_document(passages: Sequence[Passage], top_k: int, per_document: int) -> list[Passage]:
+    """The best `per_document` passages of each of the best `top_k` documents (ranked by
+    their best passage), each document's merged into one passage in reading order."""
+    groups: dict[str, list[Passage]] = {}
+    for passage in passages:  # best first
+        group = groups.get(passage.document_id)
+        if group is None:
+            if len(groups) == top_k:
+                continue
+            group = groups[passage.document_id] = []
+        if len(group) < per_document:
+            group.append(passage)
+    return [_merged(group) for group in groups.values()]
+
+
+def _merged(group: list[Passage]) -> Passage:
+    best = group[0]
+    if len(group) == 1:
+        return best
+    ordered = sorted(group, key=lambda p: int(p.metadata.get("chunk_start", 0)))
+    text = ordered[0].text
+    end = int(ordered[0].metadata.get("chunk_start", 0)) + len(text)
+    for passage in ordered[1:]:
+        start = int(passage.metadata.get("chunk_start", 0))
+        shared = end - start  # neighbouring chunks overlap: don't repeat their common text
+        if 0 < shared < len(passage.text) and text.endswith(passage.text[:shared]):
+            text += passage.text[shared:]
+        else:
+            text += "\n…\n" + passage.text
+        end = start + len(passage.text)
+    return Passage(best.id, best.document_id, text, best.score, best.metadata)

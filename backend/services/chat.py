@@ -238,6 +238,7 @@ class ChatService:
                 filter_=turn.retrieval.filter,
                 top_k=turn.retrieval.top_k,
                 alpha=turn.retrieval.alpha,
+                group_by=turn.retrieval.group_by,
             )
         except Exception:
             log.exception("retrieval failed")

@@ -8,9 +8,10 @@ private namespace and the shared one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,13 +25,14 @@ from backend.metrics import Metrics
 from backend.retrieval.bm25 import CorpusDelta
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.filters import checked_filter
-from backend.retrieval.retriever import HybridRetriever, SearchResult
+from backend.retrieval.retriever import GroupBy, HybridRetriever, SearchResult
 from backend.schemas import DocumentIn
 from backend.services.ingestion import (
     Identity,
     Preparation,
-    build_records,
     check_metadata,
+    embed_chunks,
+    encode_records,
     stored_chunk_ids,
 )
 from backend.services.turns import Scope
@@ -156,13 +158,76 @@ class DocumentService:
         """Chunk, embed and store documents; a document whose id exists is replaced, and
         one that is identical to what is stored is left as it is. All or nothing.
         `operator`: the command-line ingester, which may publish for any user."""
-        self.validate(documents)
+        async for results in self.ingest_batches(
+            user=user, batches=[documents], scope=scope, operator=operator
+        ):
+            return results
+        raise AssertionError("one batch in, one result out")
+
+    async def ingest_batches(
+        self,
+        *,
+        user: User,
+        batches: Iterable[Sequence[DocumentIn]],
+        scope: Scope = "private",
+        operator: bool = False,
+        embed: Callable[[list[str]], list[list[float]]] | None = None,
+    ) -> AsyncIterator[list[IngestResult]]:
+        """`ingest` for each batch in turn (each all or nothing), yielding its results;
+        the next batch is read and embedded while one is being stored. `embed`: how chunk
+        texts become vectors (default: the embedding model here; the bulk pipeline hands
+        in the vectors its workers made)."""
         namespace = self.writable_namespace(user, scope, operator=operator)
-        async with self._write_lock:
-            prepared, results = await self._prepare(user, namespace, documents)
+        embed = embed or self.retriever.embeddings.embed_documents
+
+        async def prepare(
+            batch: Sequence[DocumentIn],
+        ) -> tuple[list[Preparation], list[IngestResult]]:
+            self.validate(batch)
+            prepared, results = await self._prepare(user, namespace, batch)
             if prepared:
-                await self._store(user, namespace, prepared)
-        return results
+                await anyio.to_thread.run_sync(
+                    lambda: embed_chunks(
+                        prepared,
+                        embed=embed,
+                        encoder=self.encoder,
+                        contextual=self.settings.contextual_chunks,
+                    )
+                )
+            return prepared, results
+
+        queue = iter(batches)
+        first = next(queue, None)
+        ahead = asyncio.create_task(prepare(first)) if first is not None else None
+        try:
+            while ahead is not None:
+                prepared, results = await ahead
+                following = next(queue, None)
+                ahead = asyncio.create_task(prepare(following)) if following is not None else None
+                if prepared:
+                    async with self._write_lock:
+                        prepared = await self._recheck(user, namespace, prepared, results)
+                        encode_records(prepared, encoder=self.encoder)
+                        await self._store(user, namespace, prepared)
+                yield results
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+
+    async def unchanged(
+        self, *, user: User, documents: Sequence[DocumentIn], scope: Scope = "private"
+    ) -> set[str]:
+        """The ids of those `documents` that are stored exactly as they are (a re-run of
+        the bulk ingester skips them before any work)."""
+        identities = {identity.id: identity for identity in map(Identity.of, documents)}
+        namespace = namespace_of(user.id, scope)
+        async with self.sessions() as session:
+            stored = await repository.get_documents(
+                session=session, namespace=namespace, ids=list(identities)
+            )
+        return {i for i, d in stored.items() if d.revision == identities[i].revision}
 
     async def _prepare(
         self, user: User, namespace: str, documents: Sequence[DocumentIn]
@@ -181,11 +246,7 @@ class DocumentService:
             if last[identity.id] != index:
                 continue
             old = existing.get(identity.id)
-            if old is not None and old.owner_id != user.id:
-                raise Conflict(
-                    f"document id {identity.id!r} belongs to another publisher in {namespace!r}",
-                    field=("body", "documents"),
-                )
+            self._check_owner(user, namespace, old)
             if old is not None and old.revision == identity.revision:
                 by_id[identity.id] = IngestResult(
                     identity.id, namespace, "unchanged", old.chunk_count
@@ -198,14 +259,42 @@ class DocumentService:
             by_id[identity.id] = IngestResult(
                 identity.id, namespace, "updated" if old else "created", len(chunks)
             )
-        results = [by_id[identity.id] for identity in identities]
-        if todo:
-            await anyio.to_thread.run_sync(
-                lambda: build_records(
-                    todo, embed=self.retriever.embeddings.embed_documents, encoder=self.encoder
-                )
+        return todo, [by_id[identity.id] for identity in identities]
+
+    @staticmethod
+    def _check_owner(user: User, namespace: str, stored: Document | None) -> None:
+        if stored is not None and stored.owner_id != user.id:
+            raise Conflict(
+                f"document id {stored.id!r} belongs to another publisher in {namespace!r}",
+                field=("body", "documents"),
             )
-        return todo, results
+
+    async def _recheck(
+        self,
+        user: User,
+        namespace: str,
+        prepared: list[Preparation],
+        results: list[IngestResult],
+    ) -> list[Preparation]:
+        """Under the write lock: what was prepared against the stored documents as they
+        were may meet them changed (another request, the batch before): look again."""
+        async with self.sessions() as session:
+            current = await repository.get_documents(
+                session=session, namespace=namespace, ids=[p.id for p in prepared]
+            )
+        result_of = {r.id: r for r in results}
+        still = []
+        for p in prepared:
+            now = current.get(p.id)
+            self._check_owner(user, namespace, now)
+            result = result_of[p.id]
+            if now is not None and now.revision == p.identity.revision:
+                result.status, result.chunks = "unchanged", now.chunk_count
+                continue
+            p.old = now
+            result.status = "updated" if now is not None else "created"
+            still.append(p)
+        return still
 
     async def _store(self, user: User, namespace: str, prepared: list[Preparation]) -> None:
         records = [r for p in prepared for r in p.records]
@@ -312,6 +401,7 @@ class DocumentService:
         filter_: Any,
         top_k: int | None,
         alpha: float | None,
+        group_by: GroupBy | None = None,
         field_prefix: tuple[str, ...] = ("body",),
     ) -> SearchResult:
         checked_filter(filter_, (*field_prefix, "filter"))
@@ -323,6 +413,8 @@ class DocumentService:
                 top_k=top_k or self.settings.retrieval_top_k,
                 alpha=self.settings.retrieval_alpha if alpha is None else alpha,
                 filter_=filter_ or None,
+                group_by=group_by or self.settings.retrieval_group_by,
+                per_document=self.settings.retrieval_passages_per_document,
             )
         except Exception as exc:
             log.exception("search failed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +66,11 @@ class Preparation:
     identity: Identity
     chunks: list[Chunk]
     old: Document | None
-    records: list[Record] = field(default_factory=list)  # filled in by `build_records`
+    # Filled in by `embed_chunks`, then `encode_records`:
+    vectors: list[list[float]] = field(default_factory=list)
+    counts: list[TermCounts] = field(default_factory=list)
     delta: CorpusDelta = field(default_factory=CorpusDelta)
+    records: list[Record] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -101,23 +105,78 @@ def check_metadata(metadata: Any, where: tuple[str | int, ...]) -> None:
         )
 
 
-def build_records(
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def contextual_texts(document: DocumentIn, chunks: Sequence[Chunk]) -> list[str]:
+    """Each chunk's text as the encoders read it: headed by its document's title and the
+    Markdown headings it sits under, so that a passage far from its title still carries
+    it (the stored passage stays the original text). What a chunk already begins with is
+    not repeated."""
+    title = document.metadata.get("title")
+    title = title.strip() if isinstance(title, str) else ""
+    headings = [
+        (m.start(), len(m.group(1)), m.group(2).strip()) for m in _HEADING.finditer(document.text)
+    ]
+    texts = []
+    for chunk in chunks:
+        path: list[str] = []  # the headings above this chunk, outermost first
+        levels: list[int] = []
+        for start, level, heading in headings:
+            if start >= chunk.start:
+                break
+            while levels and levels[-1] >= level:
+                levels.pop()
+                path.pop()
+            levels.append(level)
+            path.append(heading)
+        head = chunk.text[:300].lower()
+        context = [
+            part for part in dict.fromkeys([title, *path]) if part and part.lower() not in head
+        ]
+        texts.append("\n".join([*context, chunk.text]) if context else chunk.text)
+    return texts
+
+
+def encoder_texts(preparations: Sequence[Preparation], *, contextual: bool) -> list[str]:
+    """The texts the encoders read for the chunks of `preparations`, in order."""
+    return [
+        text
+        for p in preparations
+        for text in (
+            contextual_texts(p.document, p.chunks) if contextual else [c.text for c in p.chunks]
+        )
+    ]
+
+
+def embed_chunks(
     preparations: Sequence[Preparation],
     *,
     embed: Callable[[list[str]], list[list[float]]],
     encoder: BM25Encoder,
+    contextual: bool = True,
 ) -> None:
-    """Embed and BM25-encode the chunks of `preparations` (one batch), filling in their
-    records and statistics deltas. Sparse vectors are encoded against the statistics as
-    they will be once the batch is stored."""
-    texts = [chunk.text for p in preparations for chunk in p.chunks]
-    counts: list[TermCounts] = [encoder.term_counts(text) for text in texts]
+    """The first half of turning a batch into records, which needs no corpus statistics
+    and so may run ahead of storing: dense vectors and BM25 term counts of every chunk
+    (`contextual`: read with its title and headings, see `contextual_texts`)."""
+    texts = encoder_texts(preparations, contextual=contextual)
     vectors = embed(texts) if texts else []
-    pending = CorpusDelta.of(counts)
     position = 0
     for p in preparations:
+        n = len(p.chunks)
+        p.vectors = [[float(v) for v in vector] for vector in vectors[position : position + n]]
+        p.counts = [encoder.term_counts(text) for text in texts[position : position + n]]
+        p.delta = CorpusDelta.of(p.counts)
+        position += n
+
+
+def encode_records(preparations: Sequence[Preparation], *, encoder: BM25Encoder) -> None:
+    """The second half, at the moment of storing: records with BM25 vectors encoded
+    against the corpus statistics as they will be once the batch is stored."""
+    pending = CorpusDelta.of(c for p in preparations for c in p.counts)
+    for p in preparations:
         records = []
-        for chunk in p.chunks:
+        for chunk, vector, counts in zip(p.chunks, p.vectors, p.counts, strict=True):
             metadata = {
                 **p.document.metadata,
                 TEXT_KEY: chunk.text,
@@ -130,11 +189,9 @@ def build_records(
             records.append(
                 Record(
                     id=chunk_id(p.id, p.identity.revision, chunk.index),
-                    values=[float(v) for v in vectors[position]],
-                    sparse=encoder.encode_document(counts[position], pending=pending),
+                    values=vector,
+                    sparse=encoder.encode_document(counts, pending=pending),
                     metadata=metadata,
                 )
             )
-            position += 1
         p.records = records
-        p.delta = CorpusDelta.of(counts[position - len(p.chunks) : position])

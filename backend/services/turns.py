@@ -33,6 +33,7 @@ class RetrievalOptions:
     filter: dict[str, Any] | None = None
     top_k: int | None = None
     alpha: float | None = None
+    group_by: Literal["document", "chunk"] | None = None
 
 
 OnDisconnect = Literal["stop", "finish"]

@@ -155,6 +155,7 @@ async def search(
         filter_=body.filter,
         top_k=body.top_k,
         alpha=body.alpha,
+        group_by=body.group_by,
     )
     return SearchResponse(
         results=[SourcePublic(**p.as_source()) for p in result.passages], timings=result.timings
