@@ -32,7 +32,7 @@ def test_the_dev_split_is_made_of_training_questions_only(tmp_path: Path) -> Non
     assert read_split(tmp_path, "test") == {"q1": {"d1"}}
     (qrels / "train.tsv").write_text(header + "q3\td4\t1\n")
     assert read_split(tmp_path, "dev") == {"q3": {"d4"}}  # a train split is the dev split
-    with pytest.raises(SystemExit, match="no split 'valid'.*splits: all, test, train"):
+    with pytest.raises(SystemExit, match=r"no split 'valid'.*splits: all, test, train"):
         read_split(tmp_path, "valid")
 
 
