@@ -1,12 +1,26 @@
-"""`python -m backend`: serve the API on HOST:PORT with the settings from the environment."""
+"""`python -m backend`: serve the API on HOST:PORT with the settings from the environment,
+in WORKERS processes (default: one per core).
+
+With several workers this process is their supervisor: it migrates the database once,
+starts the one local-model process they share (when a model is `local`), then lets
+uvicorn run the workers, each building the app from the same settings. Whatever one
+worker stores, the others see: the database is shared, the embedded store and the BM25
+statistics are re-read when another process changes them (backend.retrieval.embedded)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from typing import Any
+
 import uvicorn
 
-from backend.app import create_app
 from backend.logs import configure as configure_logging
-from backend.settings import settings_or_exit
+from backend.settings import Settings, settings_or_exit
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.workers or os.cpu_count() or 1
 
 
 def main() -> None:
@@ -14,14 +28,30 @@ def main() -> None:
     configure_logging(
         level=settings.log_level, fmt=settings.log_format, instance=settings.instance_name
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,  # X-Forwarded-For only from TRUSTED_PROXIES (backend.app)
-        log_config=None,  # ours (backend.logs), set above
-    )
+    serving: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": False,  # X-Forwarded-For only from TRUSTED_PROXIES (backend.app)
+        "log_config": None,  # ours (backend.logs), set above
+    }
+    workers = worker_count(settings)
+    if workers == 1:
+        from backend.app import create_app
+
+        uvicorn.run(create_app(settings), **serving)
+        return
+
+    from backend.components import open_database
+    from backend.llm.host import shared_local_model
+
+    async def migrate() -> None:
+        engine = await open_database(settings)  # migrations run here, once
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    with shared_local_model(settings):  # sets LOCAL_MODEL_URL for the workers
+        uvicorn.run("backend.app:create_worker_app", factory=True, workers=workers, **serving)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,17 @@ def create_app(
     ):
         app.include_router(router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one of `python -m backend`'s worker processes (uvicorn's factory)."""
+    from backend.llm.host import die_with_parent
+    from backend.logs import configure as configure_logging
+    from backend.settings import settings_or_exit
+
+    die_with_parent()
+    settings = settings_or_exit()
+    configure_logging(
+        level=settings.log_level, fmt=settings.log_format, instance=settings.instance_name
+    )
+    return create_app(settings)

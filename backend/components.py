@@ -57,7 +57,7 @@ class Components:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.recorder.save()
-        self.models.close()
+        await self.models.aclose()
         await self.store.close()
         await self.engine.dispose()
 

@@ -53,3 +53,12 @@ class PayloadTooLarge(ServiceError):
 
 class Unavailable(ServiceError):
     """A system we depend on (the vector store) cannot be reached right now; try later."""
+
+
+class ModelBusy(Unavailable):
+    """The local model's queue is full: `retry_after` seconds is a fair guess of when a
+    place frees."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, code="model_busy")
+        self.retry_after = max(1, retry_after)

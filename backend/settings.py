@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `python -m backend` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m backend` listens on.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Worker processes of `python -m backend`; 0: one per core. They share "
+        "the database, the stores and one local-model process.",
+    )
     environment: Literal["development", "production"] = Field(
         "development", description="`production` refuses the default SECRET_KEY."
     )
@@ -146,6 +153,12 @@ class Settings(BaseSettings):
     )
     llm_threads: int | None = Field(
         None, ge=1, description="CPU threads of the local model; default: all cores."
+    )
+    llm_queue_max: int = Field(
+        8,
+        ge=0,
+        description="Answers that may wait for the local model (it answers one at a time); "
+        "past this, a chat is refused with 503 and Retry-After.",
     )
     llm_cpu_extra_buffers: bool = Field(
         False,
@@ -236,7 +249,7 @@ class Settings(BaseSettings):
         200, ge=1, le=1000, description="Records per vector-store write (Pinecone: <= 1000, 2 MB)."
     )
     bm25_refresh_seconds: float = Field(
-        5.0, ge=0.0, description="How often a replica checks for BM25 statistics others changed."
+        0.5, ge=0.0, description="How often a replica checks for BM25 statistics others changed."
     )
 
     # --- a public deployment: who may come in, and how much they may use ---------------

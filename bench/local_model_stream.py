@@ -101,7 +101,7 @@ def main() -> None:
                 asyncio.run(through_api(live.url, headers, args.max_tokens))
                 for _ in range(args.runs)
             ]
-        handle.close()
+        asyncio.run(handle.aclose())
     print(f"{args.runs} runs, max_tokens {args.max_tokens}, temperature 0, prompt: {QUESTION!r}")
     summarise("direct (LangChain)", direct_rows)
     summarise("POST /chat/stream", api_rows)

@@ -11,6 +11,7 @@ relayed tokens, for both servers, and the ratios; then the one-token case (CPU p
 and the backend's resident memory with the most streams open.
 
     .venv/bin/python -m bench.relay_load [--clients 1,50,200] [--providers openai,hf]
+        [--workers 1,2] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -97,8 +99,8 @@ def process(args: list[str], url: str, env: dict[str, str] | None = None) -> Ite
                 time.sleep(0.2)
         yield proc.pid
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT only
+        proc.wait(timeout=60)
 
 
 @dataclass
@@ -178,11 +180,15 @@ def main() -> None:
     )
     parser.add_argument("--clients", default="1,50,200")
     parser.add_argument("--providers", default="openai,hf")
+    parser.add_argument("--workers", default="1,2", help="WORKERS of the service, one run each")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--answers", type=int, default=50, help="clients of the one-token case")
     parser.add_argument(
         "--stream-save-seconds", help="STREAM_SAVE_SECONDS of the service (0: save at the end only)"
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="run the service under py-spy, collapsed stacks to FILE"
     )
     parser.add_argument("--serve-upstream", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,13 +215,14 @@ def main() -> None:
     long_cmd, long_url = upstream_command(args.tokens)
     short_cmd, short_url = upstream_command(1)
     with process(long_cmd, long_url), process(short_cmd, short_url):
-        for provider in args.providers.split(","):
-            print(f"\n== provider {provider} ==")
-            report(args, provider, long_url, short_url)
+        for workers in args.workers.split(","):
+            for provider in args.providers.split(","):
+                print(f"\n== provider {provider}, {workers} worker(s) ==")
+                report(args, provider, long_url, short_url, workers)
 
 
 def serve_both(
-    provider: str, upstream_url: str, tmp: str, extra: dict[str, str]
+    provider: str, upstream_url: str, tmp: str, extra: dict[str, str], profile: str | None = None
 ) -> tuple[AbstractContextManager[int], str, AbstractContextManager[int], str]:
     relay_port, port = free_port(), free_port()
     relay = process(
@@ -224,11 +231,32 @@ def serve_both(
     )
     env = {"PORT": str(port), "DATA_DIR": tmp, "LOG_LEVEL": "warning", "HF_HUB_DISABLE_TELEMETRY": "1",
            "LLM_MODELS": json.dumps([PROVIDERS[provider](upstream_url)]), **extra}  # fmt: skip
-    backend = process([sys.executable, "-m", "backend"], f"http://127.0.0.1:{port}/ready", env)
+    command = [sys.executable, "-m", "backend"]
+    if profile:
+        command = [
+            "py-spy",
+            "record",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "-o",
+            profile,
+            "--",
+            *command,
+        ]
+    backend = process(command, f"http://127.0.0.1:{port}/ready", env)
     return relay, f"http://127.0.0.1:{relay_port}", backend, f"http://127.0.0.1:{port}"
 
 
-def report(args: argparse.Namespace, provider: str, long_url: str, short_url: str) -> None:
+def _profile(path: str | None, answers: bool) -> str | None:
+    """Where the profile of one round goes: FILE for the long answers, FILE.answers for the
+    one-token ones."""
+    return None if path is None else path + (".answers" if answers else "")
+
+
+def report(
+    args: argparse.Namespace, provider: str, long_url: str, short_url: str, workers: str
+) -> None:
     header = "clients | first token p50/p99 ms: ragstream | bare | tokens/s: ragstream | bare | ratio | CPU s/1k tokens: ragstream | bare | ratio | failed"
     print(header)
     for upstream_url, cases in (
@@ -236,11 +264,17 @@ def report(args: argparse.Namespace, provider: str, long_url: str, short_url: st
         (short_url, [args.answers]),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            extra = {"LIMIT_REQUESTS": "1000000/minute", "LIMIT_STREAMS": "100000",
+            extra = {"WORKERS": workers, "LIMIT_REQUESTS": "1000000/minute", "LIMIT_STREAMS": "100000",
                      "LIMIT_REGISTRATIONS": "1000/hour", "LIMIT_TOKENS_PER_DAY": "1000000000"}  # fmt: skip
             if args.stream_save_seconds is not None:
                 extra["STREAM_SAVE_SECONDS"] = args.stream_save_seconds
-            relay, relay_url, backend, url = serve_both(provider, upstream_url, tmp, extra)
+            relay, relay_url, backend, url = serve_both(
+                provider,
+                upstream_url,
+                tmp,
+                extra,
+                _profile(args.profile, upstream_url == short_url),
+            )
             with relay as relay_pid, backend as pid:
                 headers = register(url)
                 asyncio.run(load(url, pid, headers, 4, 8))  # warm-up

@@ -219,10 +219,26 @@ def stop_answer(client: BackendClient, answer: StreamedAnswer) -> None:
             st.session_state.notice = exc.message
 
 
+def queue_notice(position: int) -> str:
+    """What a waiting answer shows (the local model answers one at a time)."""
+    if position == 1:
+        return "⏳ Waiting for the model: your answer is next."
+    return f"⏳ Waiting for the model: {position - 1} answers before yours."
+
+
 def stream_answer(client: BackendClient, tokens: Any, answer: StreamedAnswer) -> None:
     """Stream into the page. Answers are asked to `finish`: a rerun or a cut connection
     loses nothing (the next run resumes them); only Stop ends one."""
     st.button("⏹ Stop", key="stop", on_click=stop_answer, args=(client, answer))
+    waiting = st.empty()
+
+    def show_place(position: int | None) -> None:
+        if position:
+            waiting.info(queue_notice(position))
+        else:
+            waiting.empty()
+
+    answer.on_queued = show_place
     st.write_stream(tokens)
     if answer.error:
         st.error(answer.error["message"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,15 @@ class StreamedAnswer:
     done: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     last_id: int = 0  # characters of the answer read so far (the last event's id)
+    # The answer waits for the model: how many are ahead of it (1: next), until it starts.
+    queued: int | None = None
+    on_queued: Callable[[int | None], None] | None = None
+
+    def queue_moved(self, position: int | None) -> None:
+        if position != self.queued:
+            self.queued = position
+            if self.on_queued is not None:
+                self.on_queued(position)
 
     @property
     def ended(self) -> bool:
@@ -215,7 +224,10 @@ class BackendClient:
                     answer.last_id = int(event.id)
                 if event.event == "token":
                     yield data["text"]
+                elif event.event == "status":
+                    answer.queue_moved(data.get("position"))
                 elif event.event == "meta":
+                    answer.queue_moved(None)  # its turn came
                     answer.meta = data
                 elif event.event == "sources":
                     answer.sources = data["sources"]

@@ -13,6 +13,7 @@ from backend.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
+    ModelBusy,
     NotAuthenticated,
     NotFound,
     PayloadTooLarge,
@@ -81,7 +82,7 @@ def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | ModelBusy):
         headers["Retry-After"] = str(exc.retry_after)
     if _is_openai(request):
         param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None

@@ -4,6 +4,7 @@ model from `LLM_PROVIDER` / `LLM_MODEL` / `LLM_BASE_URL`)."""
 from __future__ import annotations
 
 import logging
+import os
 
 from backend.llm.base import ChatModelHandle, approximate_token_count
 from backend.llm.catalog import ModelCatalog, UnknownModel
@@ -19,12 +20,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Set by `python -m backend` for its workers: the URL of the local-model process they share.
+LOCAL_MODEL_URL = "RAGSTREAM_LOCAL_MODEL_URL"
+
 
 def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     match spec.provider:
         case "local":
-            from backend.llm.local import build_local_model
+            from backend.llm.local import build_local_model, build_shared_local_client
 
+            if shared := os.environ.get(LOCAL_MODEL_URL):  # a worker: the model is shared
+                return build_shared_local_client(settings, spec, shared)
             return build_local_model(settings, spec)
         case "huggingface":
             from backend.llm.remote import build_huggingface

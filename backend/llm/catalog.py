@@ -50,6 +50,6 @@ class ModelCatalog:
     def is_ready(self) -> bool:
         return all(h.is_ready() for h in self.handles)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for handle in self.handles:
-            handle.close()
+            await handle.aclose()

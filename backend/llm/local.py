@@ -21,6 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import PrivateAttr
 
 from backend.llm.base import ChatModelHandle
+from backend.llm.queue import ModelQueue
 from backend.settings import ModelSpec, Settings
 
 log = logging.getLogger(__name__)
@@ -295,9 +296,7 @@ class LlamaCppChatModel(BaseChatModel):
 
 def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> ChatModelHandle:
     spec = spec or ModelSpec(provider="local", model=settings.llm_model)
-    path = Path(spec.model) if spec.model else bundled_model_path()
-    if not path.is_file():
-        raise RuntimeError(f"model {spec.name!r}: {spec.model!r} is not a GGUF file.")
+    path = local_model_path(settings, spec)
     context_window = spec.context_window or settings.llm_context_window
     chat = LlamaCppChatModel(
         model_path=str(path),
@@ -316,4 +315,51 @@ def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> Chat
         chat=chat,
         context_window=context_window,
         count_tokens=chat.count_tokens,
+        queue=ModelQueue(max_waiting=settings.llm_queue_max, name=f"model {chat.model_name}"),
+    )
+
+
+def local_model_path(settings: Settings, spec: ModelSpec) -> Path:
+    path = Path(spec.model) if spec.model else bundled_model_path()
+    if not path.is_file():
+        raise RuntimeError(f"model {spec.name!r}: {spec.model!r} is not a GGUF file.")
+    return path
+
+
+def build_shared_local_client(settings: Settings, spec: ModelSpec, url: str) -> ChatModelHandle:
+    """A worker's view of a local model served by the one model process the workers share
+    (backend.llm.host): streamed over the wire, counted with the model's own tokenizer
+    (its vocabulary only, a few MB), its waiting line asked before an answer starts."""
+    from llama_cpp import Llama
+
+    from backend.llm.host import check_queue
+    from backend.llm.remote import CompatibleChatOpenAI, _timeout
+    from backend.llm.wire import ChatWire
+
+    vocab = Llama(model_path=str(local_model_path(settings, spec)), vocab_only=True, verbose=False)
+
+    def count_tokens(text: str) -> int:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    timeout = _timeout(settings)
+    return ChatModelHandle(
+        name=spec.name,
+        provider="local",
+        chat=CompatibleChatOpenAI(
+            model=spec.name, base_url=f"{url}/v1", api_key="not-needed", timeout=timeout
+        ),
+        context_window=spec.context_window or settings.llm_context_window,
+        count_tokens=count_tokens,
+        wire=ChatWire(
+            url=f"{url}/v1/chat/completions",
+            model=spec.name,
+            api_key=None,
+            timeout=timeout,
+            defaults={
+                "max_tokens": settings.max_tokens_default,
+                "temperature": settings.temperature_default,
+            },
+        ),
+        queued=True,
+        check_queue=lambda: check_queue(url, spec.name),
     )

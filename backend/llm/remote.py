@@ -1,5 +1,9 @@
 """Remote chat models: Hugging Face (serverless router by repo id, or a dedicated endpoint /
-TGI server by URL) and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI)."""
+TGI server by URL) and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI).
+
+Each is described by its LangChain chat model (`ChatHuggingFace`, `ChatOpenAI`), as the
+rest of LangChain expects, and streamed by `ChatWire` (backend.llm.wire), which speaks
+the same chat-completions requests without an SDK in the per-token loop."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
 from langchain_openai import ChatOpenAI
 
 from backend.llm.base import ChatModelHandle
+from backend.llm.wire import ChatWire
 from backend.settings import ModelSpec, Settings, reveal
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_CONTEXT = 8192  # Llama-3-8B-Instruct
+HF_ROUTER = "https://router.huggingface.co/v1"
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:
@@ -23,12 +29,23 @@ def _timeout(settings: Settings) -> httpx.Timeout:
     return httpx.Timeout(read, connect=settings.llm_connect_timeout)
 
 
+def chat_completions_url(base_url: str) -> str:
+    """…/v1/chat/completions under a server's root, or under a URL that ends in /v1."""
+    base = base_url.rstrip("/")
+    return f"{base if base.endswith('/v1') else base + '/v1'}/chat/completions"
+
+
+def _defaults(settings: Settings) -> dict[str, float | int]:
+    return {"max_tokens": settings.max_tokens_default, "temperature": settings.temperature_default}
+
+
 def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
     model = spec.model
-    if not spec.base_url and not settings.hf_token:
+    token = reveal(settings.hf_token)
+    if not spec.base_url and not token:
         raise RuntimeError(f"model {spec.name!r}: the Hugging Face router needs HF_TOKEN.")
     common = {
-        "huggingfacehub_api_token": reveal(settings.hf_token),
+        "huggingfacehub_api_token": token,
         "task": "text-generation",
         "max_new_tokens": settings.max_tokens_default,
         "temperature": settings.temperature_default,
@@ -36,28 +53,37 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
         "streaming": True,
     }
     if spec.base_url:
-        # langchain-huggingface sends HF_TOKEN only to Hugging Face hosts (dedicated
-        # endpoints); a self-hosted TGI that wants a key gets LLM_API_KEY instead.
+        # HF_TOKEN goes only to Hugging Face's own hosts: a self-hosted TGI that wants a
+        # key gets LLM_API_KEY instead.
         key = reveal(settings.llm_api_key)
+        url, api_key = chat_completions_url(spec.base_url), key
         llm = HuggingFaceEndpoint(
             endpoint_url=spec.base_url,
             server_kwargs={"headers": {"Authorization": f"Bearer {key}"}} if key else {},
             **common,
         )
     else:
-        if not (reveal(settings.hf_token) or "").startswith("hf_"):
+        if not (token or "").startswith("hf_"):
             raise RuntimeError("HF_TOKEN must be a Hugging Face token (it starts with hf_).")
+        url, api_key = chat_completions_url(HF_ROUTER), token
         llm = HuggingFaceEndpoint(repo_id=model, **common)
     chat = ChatHuggingFace(llm=llm, stream_usage=True)
     if model:
-        # With an endpoint URL the client would send model "dummy" (or the URL): name the
-        # real model so a router behind the URL serves the right one.
+        # The real model's name, never "dummy" or the URL: a router behind a URL then
+        # serves the right one.
         chat.model_id = model
     return ChatModelHandle(
         name=spec.name,
         provider="huggingface",
         chat=chat,
         context_window=spec.context_window or DEFAULT_REMOTE_CONTEXT,
+        wire=ChatWire(
+            url=url,
+            model=model or "tgi",  # TGI serves one model and accepts any name
+            api_key=api_key,
+            timeout=_timeout(settings),
+            defaults=_defaults(settings),
+        ),
     )
 
 
@@ -73,14 +99,12 @@ class CompatibleChatOpenAI(ChatOpenAI):
 
 
 def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
-    base_url = (spec.base_url or "").rstrip("/")
-    if not base_url.endswith("/v1"):
-        base_url += "/v1"
-
+    url = chat_completions_url(spec.base_url or "")
+    key = reveal(settings.llm_api_key)
     chat = CompatibleChatOpenAI(
         model=spec.model or "",
-        base_url=base_url,
-        api_key=reveal(settings.llm_api_key) or "not-needed",  # local servers accept any key
+        base_url=url.removesuffix("/chat/completions"),
+        api_key=key or "not-needed",  # local servers accept any key
         timeout=_timeout(settings),
         max_retries=0,  # retries are ours: before the first token only
         streaming=True,
@@ -93,4 +117,11 @@ def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHan
         provider="openai-compatible",
         chat=chat,
         context_window=spec.context_window or DEFAULT_REMOTE_CONTEXT,
+        wire=ChatWire(
+            url=url,
+            model=spec.model or "",
+            api_key=key,
+            timeout=_timeout(settings),
+            defaults=_defaults(settings),
+        ),
     )

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import BaseMessage
 
 from backend.llm.base import ChatModelHandle
 from backend.llm.errors import ModelFailure, classify
+from backend.llm.queue import OnQueued
+from backend.llm.wire import Delta
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,17 +51,15 @@ class StreamPolicy:
 
 
 class ModelStream:
-    """An opened answer: `head` holds the chunks up to the first text; iterate for the rest."""
+    """An opened answer: `head` holds the deltas up to the first text; iterate for the rest."""
 
-    def __init__(
-        self, handle: ChatModelHandle, head: list[AIMessageChunk], rest: Any, policy: StreamPolicy
-    ):
+    def __init__(self, handle: ChatModelHandle, head: list[Delta], rest: Any, policy: StreamPolicy):
         self.handle = handle
         self.head = head
         self._rest = rest
         self._policy = policy
 
-    async def chunks(self) -> AsyncIterator[AIMessageChunk]:
+    async def deltas(self) -> AsyncIterator[Delta]:
         for chunk in self.head:
             yield chunk
         if self._rest is None:
@@ -92,12 +92,18 @@ class ModelStream:
                 log.debug("closing a model stream raised", exc_info=True)
 
 
-async def _head(stream: Any) -> tuple[list[AIMessageChunk], bool]:
-    """Chunks up to and including the first with text; True if the stream ended."""
-    head: list[AIMessageChunk] = []
-    async for chunk in stream:
-        head.append(chunk)
-        if chunk.text:
+async def _head(
+    stream: Any, deadline: asyncio.Timeout, first_token: float
+) -> tuple[list[Delta], bool]:
+    """Deltas up to and including the first with text; True if the stream ended. A queued
+    model's first-token clock starts when its turn begins."""
+    head: list[Delta] = []
+    async for delta in stream:
+        if delta.admitted:
+            deadline.reschedule(asyncio.get_running_loop().time() + first_token)
+            continue
+        head.append(delta)
+        if delta.text:
             return head, False
     return head, True
 
@@ -107,14 +113,16 @@ async def open_stream(
     messages: list[BaseMessage],
     params: dict[str, Any],
     policy: StreamPolicy,
+    on_queued: OnQueued | None = None,
 ) -> ModelStream:
     """Start an answer; returns once the first token is in. Raises ModelFailure."""
     attempt = 0
     while True:
-        stream = handle.chat.astream(messages, **params)
+        stream = handle.stream(messages, params, on_queued)
         try:
-            async with asyncio.timeout(policy.first_token_timeout):
-                head, ended = await _head(stream)
+            wait = None if handle.queued else policy.first_token_timeout
+            async with asyncio.timeout(wait) as deadline:
+                head, ended = await _head(stream, deadline, policy.first_token_timeout)
             return ModelStream(handle, head, None if ended else stream, policy)
         except TimeoutError:
             failure = ModelFailure(

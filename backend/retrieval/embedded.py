@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.filters import Filter
 from backend.retrieval.store import Match, Record, rank
+
+CHANGES_KEPT_SECONDS = 3600.0  # a process that looks less often reads everything again
 
 
 def _key(value: Any) -> tuple[str, Any]:
@@ -248,38 +251,106 @@ class _Namespace:
 
 
 class EmbeddedVectorStore:
-    """Exact hybrid search in this process; `path` is its SQLite file (None: memory only)."""
+    """Exact hybrid search in this process; `path` is its SQLite file (None: memory only).
 
-    def __init__(self, path: Path | None, *, dimension: int) -> None:
+    Several processes may share the file (`python -m backend`'s workers): every write also
+    logs the ids it touched in `changes`, and before a read each process applies what the
+    others logged since it last looked (at most every `refresh_seconds`), so a record
+    stored through one worker is found through all within that time."""
+
+    def __init__(self, path: Path | None, *, dimension: int, refresh_seconds: float = 0.2) -> None:
         self.dimension = dimension
         self.path = path
+        self.refresh_seconds = refresh_seconds
         self._namespaces: dict[str, _Namespace] = {}
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        self._seen = 0  # the last change (seq) applied here
+        self._checked = 0.0
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS records (namespace TEXT, id TEXT, dense BLOB, "
                 "sparse TEXT, metadata TEXT, PRIMARY KEY (namespace, id))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "namespace TEXT, id TEXT, at REAL)"
+            )
             self._load()
+
+    def _record(self, record_id: str, dense: bytes, sparse: str | None, metadata: str) -> Record:
+        values = np.frombuffer(dense, dtype=np.float32)
+        if values.size != self.dimension:
+            raise RuntimeError(
+                f"{self.path} holds {values.size}-d vectors but the embedding model makes "
+                f"{self.dimension}-d ones; use another DATA_DIR or re-ingest"
+            )
+        sparse_vector = SparseVector(**json.loads(sparse)) if sparse else None
+        return Record(record_id, values.tolist(), sparse_vector, json.loads(metadata))
 
     def _load(self) -> None:
         assert self._db is not None
-        cursor = self._db.execute("SELECT namespace, id, dense, sparse, metadata FROM records")
-        for namespace, record_id, dense, sparse, metadata in cursor:
-            values = np.frombuffer(dense, dtype=np.float32)
-            if values.size != self.dimension:
-                raise RuntimeError(
-                    f"{self.path} holds {values.size}-d vectors but the embedding model makes "
-                    f"{self.dimension}-d ones; use another DATA_DIR or re-ingest"
-                )
-            sparse_vector = SparseVector(**json.loads(sparse)) if sparse else None
-            self._space(namespace).add(
-                Record(record_id, values.tolist(), sparse_vector, json.loads(metadata))
-            )
+        self._namespaces = {}
+        with self._db:
+            self._db.execute("BEGIN")  # the records as of change `_seen`, consistently
+            self._seen = self._last_change()
+            cursor = self._db.execute("SELECT namespace, id, dense, sparse, metadata FROM records")
+            for namespace, record_id, dense, sparse, metadata in cursor:
+                self._space(namespace).add(self._record(record_id, dense, sparse, metadata))
+
+    def _last_change(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+
+    def _catch_up(self) -> None:
+        """Apply the records other processes changed since this one last looked."""
+        now = time.monotonic()
+        if self._db is None or now - self._checked < self.refresh_seconds:
+            return
+        self._checked = now
+        if self._last_change() == self._seen:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            first = self._db.execute("SELECT min(seq) FROM changes WHERE seq > ?", (self._seen,))
+            oldest = first.fetchone()[0]
+            if oldest is not None and oldest > self._seen + 1 and self._seen:
+                self._db.execute("COMMIT")
+                self._load()  # older changes were pruned meanwhile: read everything again
+                return
+            touched = self._db.execute(
+                "SELECT seq, namespace, id FROM changes WHERE seq > ? ORDER BY seq", (self._seen,)
+            ).fetchall()
+            for seq, namespace, record_id in touched:
+                row = self._db.execute(
+                    "SELECT dense, sparse, metadata FROM records WHERE namespace = ? AND id = ?",
+                    (namespace, record_id),
+                ).fetchone()
+                if row is None:
+                    space = self._namespaces.get(namespace)
+                    if space is not None:
+                        space.remove(record_id)
+                else:
+                    self._space(namespace).add(self._record(record_id, *row))
+                self._seen = seq
+
+    def _log(self, namespace: str, ids: Sequence[str]) -> None:
+        """Within a write: log the ids it touches; if nothing else was written since this
+        process last caught up, it is still up to date afterwards."""
+        assert self._db is not None
+        current = self._last_change() == self._seen
+        now = time.time()
+        self._db.executemany(
+            "INSERT INTO changes (namespace, id, at) VALUES (?, ?, ?)",
+            [(namespace, i, now) for i in ids],
+        )
+        self._db.execute("DELETE FROM changes WHERE at < ?", (now - CHANGES_KEPT_SECONDS,))
+        if current:
+            self._seen = self._last_change()
 
     def _space(self, namespace: str) -> _Namespace:
         space = self._namespaces.get(namespace)
@@ -308,8 +379,9 @@ class EmbeddedVectorStore:
                     for r in records
                 ]
                 with self._db:
-                    self._db.execute("BEGIN")
+                    self._db.execute("BEGIN IMMEDIATE")
                     self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)", rows)
+                    self._log(namespace, [r.id for r in records])
             space = self._space(namespace)
             for record in records:
                 space.add(record)
@@ -318,11 +390,12 @@ class EmbeddedVectorStore:
         with self._lock:
             if self._db is not None:
                 with self._db:
-                    self._db.execute("BEGIN")
+                    self._db.execute("BEGIN IMMEDIATE")
                     self._db.executemany(
                         "DELETE FROM records WHERE namespace = ? AND id = ?",
                         [(namespace, i) for i in ids],
                     )
+                    self._log(namespace, ids)
             space = self._namespaces.get(namespace)
             if space is not None:
                 for record_id in ids:
@@ -345,6 +418,7 @@ class EmbeddedVectorStore:
         filter_: Filter | None = None,
     ) -> list[Match]:
         with self._lock:
+            self._catch_up()
             space = self._namespaces.get(namespace)
             return space.query(vector, sparse, top_k, filter_) if space else []
 
@@ -365,6 +439,7 @@ class EmbeddedVectorStore:
 
     def list_ids_sync(self, *, prefix: str, namespace: str) -> list[str]:
         with self._lock:
+            self._catch_up()
             space = self._namespaces.get(namespace)
             return sorted(i for i in (space.rows if space else {}) if i.startswith(prefix))
 
@@ -372,13 +447,17 @@ class EmbeddedVectorStore:
         return self.list_ids_sync(prefix=prefix, namespace=namespace)
 
     def count_sync(self, *, namespace: str) -> int:
-        space = self._namespaces.get(namespace)
-        return space.live if space else 0
+        with self._lock:
+            self._catch_up()
+            space = self._namespaces.get(namespace)
+            return space.live if space else 0
 
     async def count(self, *, namespace: str) -> int:
         return self.count_sync(namespace=namespace)
 
     def namespaces(self) -> list[str]:
+        with self._lock:
+            self._catch_up()
         return sorted(name for name, space in self._namespaces.items() if space.live)
 
     async def close(self) -> None:

@@ -18,13 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-from langchain_core.messages import AIMessageChunk
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
 from backend.db.models import Conversation, Message, utcnow
 from backend.llm import ChatModelHandle
+from backend.llm.wire import Delta
 from backend.metrics import Metrics
 from backend.services.limits import Limits
 
@@ -57,15 +57,13 @@ class Answer:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def take(self, chunk: AIMessageChunk) -> str:
-        """Note a model chunk (usage, finish reason, text); returns its text."""
-        if chunk.usage_metadata:
-            self.usage = {
-                "prompt_tokens": chunk.usage_metadata["input_tokens"],
-                "completion_tokens": chunk.usage_metadata["output_tokens"],
-            }
-        self.finish_reason = chunk.response_metadata.get("finish_reason") or self.finish_reason
-        text = chunk.text
+    def take(self, delta: Delta) -> str:
+        """Note a model delta (usage, finish reason, text); returns its text."""
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+        text = delta.text
         if text:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,6 +17,7 @@ from backend.db.models import Message, User, new_id, utcnow
 from backend.errors import InvalidInput, NotFound, UpstreamFailed
 from backend.llm import ChatModelHandle, ModelCatalog
 from backend.llm.errors import ModelFailure
+from backend.llm.queue import OnQueued
 from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
 from backend.retrieval.filters import checked_filter
 from backend.retrieval.retriever import Passage
@@ -128,6 +129,7 @@ class ChatService:
             history=history or [],
             system_prompt=system_prompt,
         )
+        await turn.models[0].admit()  # 503 when the local model's line is full
         # Refuse a message that cannot fit before anything is stored.
         build_prompt(
             system=turn.system_prompt,
@@ -193,7 +195,7 @@ class ChatService:
                 field=("path", "conversation_id"),
             )
         question = branch[questions[-1]]
-        return self._turn(
+        turn = self._turn(
             user=user,
             question=question.content,
             options=options,
@@ -201,6 +203,8 @@ class ChatService:
             conversation_id=conversation.id,
             user_message_id=question.id,
         )
+        await turn.models[0].admit()
+        return turn
 
     async def complete(self, turn: ChatTurn) -> Message:
         """Run the answer to its end and return it (as stored, when the turn is stored);
@@ -262,14 +266,17 @@ class ChatService:
         )
 
     async def _open(
-        self, turn: ChatTurn, passages: list[Passage], answer: Answer
+        self, turn: ChatTurn, passages: list[Passage], answer: Answer, on_queued: OnQueued
     ) -> tuple[ModelStream, BuiltPrompt] | None:
         """The first model that starts answering, trying the fallbacks in order."""
         failure: ModelFailure | None = None
         for model in turn.models:
             prompt = self._prompt(turn, model, passages)
             try:
-                return await open_stream(model, prompt.messages, turn.params, self.policy), prompt
+                opened = await open_stream(
+                    model, prompt.messages, turn.params, self.policy, on_queued
+                )
+                return opened, prompt
             except ModelFailure as exc:
                 failure = exc
                 log.warning("model %s unavailable: %s", model.name, exc)
@@ -280,11 +287,17 @@ class ChatService:
         answer.fail(failure.code, failure.user_message())
         return None
 
-    async def _begin(self, turn: ChatTurn, answer: Answer) -> ModelStream | None:
+    async def _begin(
+        self, turn: ChatTurn, answer: Answer, on_queued: OnQueued | None = None
+    ) -> ModelStream | None:
         """Retrieval, prompt and the first model that starts answering; None (and `answer`
         failed) if none does. Fills in the answer's model, sources and prompt size."""
         passages = await self._retrieve(turn, answer)
-        opened = None if answer.status == "error" else await self._open(turn, passages, answer)
+        opened = (
+            None
+            if answer.status == "error"
+            else await self._open(turn, passages, answer, on_queued or _ignore)
+        )
         if opened is None:
             return None
         stream, prompt = opened
@@ -307,13 +320,19 @@ class ChatService:
             model=turn.models[0],
         )
         try:
-            stream = await self._begin(turn, answer)
+            if any(model.queued for model in turn.models):
+                begun = _Waiting(self._begin, turn, answer)
+                async for position in begun.positions():
+                    yield ChatEvent("status", {"state": "queued", "position": position})
+                stream = begun.stream
+            else:
+                stream = await self._begin(turn, answer)
             yield self._meta(turn, answer.model)
             if stream is not None:
                 yield ChatEvent("sources", {"sources": answer.sources})
                 try:
-                    async for chunk in stream.chunks():
-                        if text := answer.take(chunk):
+                    async for delta in stream.deltas():
+                        if text := answer.take(delta):
                             if len(answer.parts) == 1:
                                 self.recorder.first_token(answer)  # saved from now on
                             yield ChatEvent("token", {"text": text})
@@ -330,6 +349,40 @@ class ChatService:
             raise
         stored = await self.recorder.finish(answer)
         yield end_event(stored, answer.error_code)
+
+
+def _ignore(position: int) -> None:
+    pass
+
+
+class _Waiting:
+    """`_begin` of an answer that may wait for its model: the positions it is told while
+    it waits, as they come, then the opened stream (`stream`)."""
+
+    def __init__(
+        self,
+        begin: Callable[[ChatTurn, Answer, OnQueued], Awaitable[ModelStream | None]],
+        turn: ChatTurn,
+        answer: Answer,
+    ) -> None:
+        self.news: asyncio.Queue[int] = asyncio.Queue()
+        self.task = asyncio.ensure_future(begin(turn, answer, self.news.put_nowait))
+        self.stream: ModelStream | None = None
+
+    async def positions(self) -> AsyncIterator[int]:
+        try:
+            while not self.task.done():
+                news = asyncio.ensure_future(self.news.get())
+                await asyncio.wait({self.task, news}, return_when=asyncio.FIRST_COMPLETED)
+                if news.done():
+                    yield news.result()
+                else:
+                    news.cancel()
+            self.stream = self.task.result()
+        finally:
+            if not self.task.done():  # the reader left while waiting: leave the line
+                self.task.cancel()
+                await asyncio.gather(self.task, return_exceptions=True)
 
 
 def end_event(stored: Message, error_code: str | None = None) -> ChatEvent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.model
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModelHandle]:
     handle = build_local_model(make_settings(tmp_path_factory.mktemp("model"), "sqlite://"))
     yield handle
-    handle.close()
+    asyncio.run(handle.aclose())
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_a_client_leaving_stops_the_local_model(real_server: LiveServer) -> None
             messages = client.get(f"/conversations/{conversation_id}", headers=headers).json()[
                 "messages"
             ]
-            if len(messages) == 2:
+            if len(messages) == 2 and messages[1]["status"] != "streaming":
                 break
             time.sleep(0.05)
         answer = messages[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import huggingface_hub
 import pytest
 
+from backend.llm.wire import ChatWire
 from tests.helpers import LiveServer, StreamResult, build_app, live_server, register, stream_chat
 from tests.upstream import Scenario, Upstream
 
@@ -136,16 +136,9 @@ def test_the_hf_router_is_reached_by_repo_id(service, tgi, monkeypatch) -> None:
             )
             return await self.inner.handle_async_request(request)
 
-    huggingface_hub.set_async_client_factory(
-        lambda: httpx.AsyncClient(transport=ToLoopback(), timeout=None)
-    )
-    try:
-        svc = service([{"provider": "huggingface", "model": LLAMA}])
-        result = svc.chat()
-    finally:
-        huggingface_hub.set_async_client_factory(
-            huggingface_hub.utils._http.default_async_client_factory
-        )
+    monkeypatch.setattr(ChatWire, "default_transport", ToLoopback())
+    svc = service([{"provider": "huggingface", "model": LLAMA}])
+    result = svc.chat()
     assert result.text() == "Hello from upstream."
     assert result.first("meta")["model"] == LLAMA
     [seen] = upstream.seen

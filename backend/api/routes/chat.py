@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sse_starlette import EventSourceResponse
 
 from backend.api.deps import AnsweringUser, ChatServiceDep, ComponentsDep
-from backend.api.sse import relayed_response
+from backend.api.sse import EventStream, relayed_response
 from backend.db.models import User
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
 from backend.services.chat import ChatService
@@ -25,7 +24,7 @@ async def _start(service: ChatService, user: User, body: ChatRequest) -> ChatTur
 @router.post("/chat/stream")
 async def chat_stream(
     body: ChatRequest, user: AnsweringUser, components: ComponentsDep
-) -> EventSourceResponse:
+) -> EventStream:
     """Answer as Server-Sent Events: meta, sources, token..., then done or error. Token
     events carry ids (characters so far): GET /messages/{id}/stream resumes from one."""
     turn = await _start(components.chat_service, user, body)  # 4xx here, before the stream

@@ -4,11 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
-from sse_starlette import EventSourceResponse
 
 from backend.api.deps import AnsweringUser, ComponentsDep, CurrentUser, SessionDep
 from backend.api.inputs import MAX_OFFSET
-from backend.api.sse import relayed_response, sse_response
+from backend.api.sse import EventStream, relayed_response, sse_response
 from backend.db import repository
 from backend.db.models import Conversation, Message, User
 from backend.errors import Conflict, InvalidInput, NotFound
@@ -106,7 +105,7 @@ async def regenerate(
     user: AnsweringUser,
     components: ComponentsDep,
     body: RegenerateRequest | None = None,
-) -> EventSourceResponse:
+) -> EventStream:
     """A new answer to the last question, as SSE (the old answer stays as a sibling)."""
     options = (body or RegenerateRequest()).options()
     turn = await components.chat_service.regenerate(
@@ -166,7 +165,7 @@ async def resume_stream(
         int | None,
         Query(ge=0, le=MAX_ANSWER_OFFSET, description="Characters read (or Last-Event-ID)."),
     ] = None,
-) -> EventSourceResponse:
+) -> EventStream:
     """Resume an answer's stream after the last event read: its `meta` and `sources`
     again, the text that followed as one `token` event, then live events if it is still
     being generated (on this replica or another), and its last event."""

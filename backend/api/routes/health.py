@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -30,6 +32,7 @@ async def ready(components: ComponentsDep) -> JSONResponse:
     loaded = models.is_ready()
     body = {
         "status": "ready" if database and loaded else "not ready",
+        "worker": os.getpid(),  # which of `python -m backend`'s processes answered
         "database": "ok" if database else "unreachable",
         "vector_store": components.settings.resolved_vector_store,
         "model": {

@@ -14,7 +14,6 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backend.api.deps import (
     AnsweringUser,
@@ -23,6 +22,7 @@ from backend.api.deps import (
     CurrentUser,
     SettingsDep,
 )
+from backend.api.sse import EventStream, data_frame
 from backend.db.models import Message
 from backend.errors import InvalidInput, NotFound
 from backend.schemas import GenerationOptions
@@ -107,7 +107,7 @@ async def chat_completions(
     service: ChatServiceDep,
     components: ComponentsDep,
     settings: SettingsDep,
-) -> JSONResponse | EventSourceResponse:
+) -> JSONResponse | EventStream:
     """Chat completion in OpenAI's format, grounded in your documents."""
     if body.model not in components.models.by_id:  # OpenAI's answer: 404 model_not_found
         raise NotFound(
@@ -138,10 +138,8 @@ async def chat_completions(
             user_id=user.id,
             on_disconnect="stop",
         )
-        return EventSourceResponse(
-            _chunks(turn, answer.follow(), include_usage),
-            ping=settings.sse_ping_seconds,
-            sep="\n",
+        return EventStream(
+            _chunks(turn, answer.follow(), include_usage), ping_seconds=settings.sse_ping_seconds
         )
     return JSONResponse(_completion(turn, await service.complete(turn)))
 
@@ -183,7 +181,7 @@ def _completion(turn: ChatTurn, message: Message) -> dict[str, Any]:
 
 async def _chunks(
     turn: ChatTurn, events: AsyncIterator[ChatEvent], include_usage: bool
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     base = {
         "id": f"chatcmpl-{turn.assistant_message_id}",
         "object": "chat.completion.chunk",
@@ -191,38 +189,41 @@ async def _chunks(
         "model": "",
     }
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> ServerSentEvent:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return ServerSentEvent(data=json.dumps({**base, "choices": [choice], **extra}))
+        return data_frame(json.dumps({**base, "choices": [choice], **extra}))
 
     sources: list[dict[str, Any]] = []
-    async for event in events:
-        if event.event == "meta":
-            base["model"] = event.data["model"]
-            yield chunk({"role": "assistant", "content": ""})
-        elif event.event == "sources":
-            sources = event.data["sources"]
-        elif event.event == "token":
-            yield chunk({"content": event.data["text"]})
-        elif event.event == "done":
-            yield chunk(
-                {}, _finish_reason(event.data["finish_reason"]), **_extensions(turn, sources)
-            )
-            if include_usage:
-                usage = event.data["usage"]
-                total = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
-                yield ServerSentEvent(
-                    data=json.dumps(
-                        {**base, "choices": [], "usage": {**usage, "total_tokens": total}}
-                    )
+    try:
+        async for event in events:
+            if event.event == "meta":
+                base["model"] = event.data["model"]
+                yield chunk({"role": "assistant", "content": ""})
+            elif event.event == "sources":
+                sources = event.data["sources"]
+            elif event.event == "token":
+                yield chunk({"content": event.data["text"]})
+            elif event.event == "done":
+                yield chunk(
+                    {}, _finish_reason(event.data["finish_reason"]), **_extensions(turn, sources)
                 )
-            yield ServerSentEvent(data="[DONE]")
-        elif event.event == "error":
-            # OpenAI's streams carry errors as an `error` object; the SDK raises on it.
-            error = {
-                "message": event.data["message"],
-                "type": "api_error",
-                "code": event.data["code"],
-            }
-            yield ServerSentEvent(data=json.dumps({"error": error}))
-            return
+                if include_usage:
+                    usage = event.data["usage"]
+                    total = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
+                    yield data_frame(
+                        json.dumps(
+                            {**base, "choices": [], "usage": {**usage, "total_tokens": total}}
+                        )
+                    )
+                yield data_frame("[DONE]")
+            elif event.event == "error":
+                # OpenAI's streams carry errors as an `error` object; the SDK raises on it.
+                error = {
+                    "message": event.data["message"],
+                    "type": "api_error",
+                    "code": event.data["code"],
+                }
+                yield data_frame(json.dumps({"error": error}))
+                return
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
