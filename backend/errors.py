@@ -55,10 +55,17 @@ class Unavailable(ServiceError):
     """A system we depend on (the vector store) cannot be reached right now; try later."""
 
 
-class ModelBusy(Unavailable):
-    """The local model's queue is full: `retry_after` seconds is a fair guess of when a
-    place frees."""
+class Busy(Unavailable):
+    """More work than can be served right now: `retry_after` seconds is a fair guess of
+    when it can."""
+
+    def __init__(self, detail: str, *, retry_after: int, code: str = "busy") -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = max(1, retry_after)
+
+
+class ModelBusy(Busy):
+    """The local model's queue is full."""
 
     def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail, code="model_busy")
-        self.retry_after = max(1, retry_after)
+        super().__init__(detail, retry_after=retry_after, code="model_busy")

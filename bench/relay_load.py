@@ -234,9 +234,11 @@ def serve_both(
     command = [sys.executable, "-m", "backend"]
     if profile:
         command = [
-            "py-spy",
+            str(Path(sys.executable).parent / "py-spy"),
             "record",
             "--subprocesses",
+            "--rate",
+            "250",
             "--format",
             "raw",
             "-o",
@@ -277,7 +279,9 @@ def report(
             )
             with relay as relay_pid, backend as pid:
                 headers = register(url)
-                asyncio.run(load(url, pid, headers, 4, 8))  # warm-up
+                # Warm-up: enough at once that every worker has answered (a worker's first
+                # answer is slower, ~90 ms to its first token, once).
+                asyncio.run(load(url, pid, headers, 16, 8))
                 asyncio.run(load(relay_url, relay_pid, {}, 4, 8))
                 for clients in cases:
                     ours = asyncio.run(load(url, pid, headers, clients, args.tokens + 10))

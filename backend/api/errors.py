@@ -8,12 +8,14 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from backend.errors import (
+    Busy,
     Conflict,
     Forbidden,
     InvalidInput,
-    ModelBusy,
     NotAuthenticated,
     NotFound,
     PayloadTooLarge,
@@ -82,7 +84,7 @@ def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, TooManyRequests | ModelBusy):
+    if isinstance(exc, TooManyRequests | Busy):
         headers["Retry-After"] = str(exc.retry_after)
     if _is_openai(request):
         param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None
@@ -116,8 +118,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return openai_error(400, f"{param}: {first['msg']}", code="invalid_value", param=param)
 
 
+async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    """More requests than the database serves in time (its connections all taken, or
+    SQLite's one writer held past its timeout): a 503 to try again, not a 500. Other
+    database errors stay 500s."""
+    if isinstance(exc, OperationalError) and "database is locked" not in str(exc.orig):
+        raise exc
+    busy = Busy("The database is busy; please try again in a few seconds.", retry_after=5)
+    return service_error_response(request, busy)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     for kind in REQUEST_FIELDS:
         app.add_exception_handler(kind, _lower_layer_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(OperationalError, _database_busy)

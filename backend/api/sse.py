@@ -20,13 +20,15 @@ from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
 from backend.settings import Settings
 
 PING = b": ping\n\n"
+_json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(…, ensure_ascii=False)
+# would build an encoder for every event
 
 
 def event_frame(event: ChatEvent) -> bytes:
     """`id: …` (when it has one), `event: …` and `data: <json>` (JSON has no newlines)."""
     lines = "" if event.id is None else f"id: {event.id}\n"
     lines += f"event: {event.event}\n"
-    return (lines + "data: " + json.dumps(event.data, ensure_ascii=False) + "\n\n").encode()
+    return (lines + "data: " + _json(event.data) + "\n\n").encode()
 
 
 def data_frame(data: str) -> bytes:

@@ -22,6 +22,7 @@ from backend.db.models import (
     Feedback,
     Message,
     User,
+    new_id,
     utcnow,
 )
 from backend.retrieval.bm25 import CorpusDelta, CorpusStats
@@ -49,10 +50,18 @@ async def get_user_by_username(*, session: AsyncSession, username: str) -> User 
     return result.scalar_one_or_none()
 
 
-async def create_conversation(*, session: AsyncSession, user_id: str, title: str) -> Conversation:
-    conversation = Conversation(user_id=user_id, title=title)
+async def create_conversation(
+    *, session: AsyncSession, user_id: str, title: str, flush: bool = True
+) -> Conversation:
+    """A new conversation; with `flush=False` it is written with what follows it (its
+    first message: one round trip fewer)."""
+    now = utcnow()
+    conversation = Conversation(
+        id=new_id(), user_id=user_id, title=title, created_at=now, updated_at=now
+    )
     session.add(conversation)
-    await session.flush()
+    if flush:
+        await session.flush()
     return conversation
 
 
@@ -113,12 +122,15 @@ async def add_message(
     created_at: datetime | None = None,
     **fields: Any,
 ) -> Message:
-    """Append a message and mark the conversation as active now."""
-    seq = await session.scalar(
-        select(func.coalesce(func.max(Message.seq), 0)).where(
-            Message.conversation_id == conversation.id
+    """Append a message and mark the conversation as active now. A conversation not yet
+    written has no messages: its first is numbered without asking the database."""
+    seq: int | None = 0
+    if conversation not in session.new:
+        seq = await session.scalar(
+            select(func.coalesce(func.max(Message.seq), 0)).where(
+                Message.conversation_id == conversation.id
+            )
         )
-    )
     message = Message(
         conversation_id=conversation.id,
         role=role,
@@ -131,7 +143,8 @@ async def add_message(
         **fields,
     )
     session.add(message)
-    conversation.updated_at = utcnow()
+    if conversation not in session.new:
+        conversation.updated_at = utcnow()
     await session.flush()
     return message
 

@@ -173,12 +173,18 @@ class AnswerRecorder:
 
     async def sweep(self) -> int:
         """Mark `interrupted` the answers whose writer stopped heart-beating; their text
-        stays. Returns how many."""
+        stays. Returns how many. This recorder's own answers are alive whatever their
+        heartbeat says (a database slow to take writes delays it)."""
         cutoff = utcnow() - timedelta(seconds=self.stale_seconds)
+        alive = list(self.saved.keys() | self.streaming.keys())
         async with self.sessions() as session:
             result = await session.execute(
                 update(Message)
-                .where(Message.status == "streaming", Message.updated_at < cutoff)
+                .where(
+                    Message.status == "streaming",
+                    Message.updated_at < cutoff,
+                    Message.id.not_in(alive),
+                )
                 .values(status="interrupted", finish_reason="cancelled", updated_at=utcnow())
             )
             await session.commit()
@@ -244,12 +250,14 @@ class AnswerRecorder:
             self.streaming.pop(answer.message_id, None)
             if self.saved.pop(answer.message_id, None) is None:
                 message = await self._insert(session, answer, content, **fields)
-            else:
-                message = await session.get(Message, answer.message_id)
-                if message is not None:
-                    for name, value in {"content": content, **fields}.items():
-                        setattr(message, name, value)
-                    message.updated_at = utcnow()
+            else:  # one statement: the row as it now is comes back with it
+                message = await session.scalar(
+                    update(Message)
+                    .where(Message.id == answer.message_id)
+                    .values(content=content, updated_at=utcnow(), **fields)
+                    .returning(Message)
+                    .execution_options(synchronize_session=False)
+                )
             await session.commit()
             return message if message is not None else unsaved
 

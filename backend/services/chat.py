@@ -143,7 +143,7 @@ class ChatService:
         async with self.sessions() as session:
             if conversation_id is None:
                 conversation = await repository.create_conversation(
-                    session=session, user_id=user.id, title=_title(message)
+                    session=session, user_id=user.id, title=_title(message), flush=False
                 )
                 branch: list[Message] = []
             else:
