@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy import update
+from sqlalchemy import exists, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
@@ -151,12 +151,17 @@ class AnswerRecorder:
             return
         async with self.lock, self.sessions() as session:
             now = utcnow()
+            begun: list[str] = []  # conversations that got a new answer row
             for answer in list(self.streaming.values()):
                 text = answer.text
                 if answer.message_id not in self.saved:
-                    if not await self._insert(session, answer, text, status="streaming"):
+                    if not await self._insert_streaming(session, answer, text, now):
+                        log.info(
+                            "conversation %s was deleted during its answer", answer.conversation_id
+                        )
                         self.streaming.pop(answer.message_id, None)
                         continue
+                    begun.append(str(answer.conversation_id))
                 elif len(text) != self.saved[answer.message_id]:
                     await session.execute(
                         update(Message)
@@ -164,12 +169,50 @@ class AnswerRecorder:
                         .values(content=text, updated_at=now)
                     )
                 self.saved[answer.message_id] = len(text)
+            if begun:  # the conversations are active now
+                await session.execute(
+                    update(Conversation).where(Conversation.id.in_(begun)).values(updated_at=now)
+                )
             await session.execute(
                 update(Message)
                 .where(Message.id.in_(list(self.saved)), Message.status == "streaming")
                 .values(updated_at=now)
             )
             await session.commit()
+
+    async def _insert_streaming(
+        self, session: AsyncSession, answer: Answer, text: str, now: datetime
+    ) -> bool:
+        """The answer's `streaming` row, in one statement: numbered after the conversation's
+        last message, and only if the conversation still exists (it may have been deleted
+        meanwhile). False if it does not."""
+        values: dict[str, Any] = {
+            "id": answer.message_id,
+            "conversation_id": answer.conversation_id,
+            "parent_id": answer.parent_id,
+            "role": "assistant",
+            "content": text,
+            "status": "streaming",
+            "model": answer.model.name,
+            "sources": answer.sources,
+            "instance": self.instance,
+            "created_at": answer.created_at,
+            "updated_at": now,
+        }
+        columns = Message.__table__.c
+        next_seq = (
+            select(func.coalesce(func.max(Message.seq), 0) + 1)
+            .where(Message.conversation_id == answer.conversation_id)
+            .scalar_subquery()
+        )
+        row = select(
+            *(literal(value, type_=columns[name].type) for name, value in values.items()),
+            next_seq,
+        ).where(exists().where(Conversation.id == answer.conversation_id))
+        result = await session.execute(
+            insert(Message).from_select([*values, "seq"], row, include_defaults=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
 
     async def sweep(self) -> int:
         """Mark `interrupted` the answers whose writer stopped heart-beating; their text

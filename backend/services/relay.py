@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -109,6 +110,7 @@ class Relay:
     def __init__(self) -> None:
         self.logs: dict[str, AnswerLog] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: Counter[str] = Counter()  # user id -> answers being generated
 
     def start(
         self,
@@ -123,11 +125,19 @@ class Relay:
         self._tasks.add(answer.task)
         answer.task.add_done_callback(self._tasks.discard)
         self.logs[message_id] = answer
+        self._running[user_id] += 1
+        answer.task.add_done_callback(lambda _: self._ended(user_id))
         return answer
 
+    def _ended(self, user_id: str) -> None:
+        self._running[user_id] -= 1
+        if self._running[user_id] <= 0:
+            del self._running[user_id]
+
     def running(self, user_id: str) -> int:
-        """How many of the user's answers this replica is generating."""
-        return sum(1 for a in self.logs.values() if a.user_id == user_id and a.end is None)
+        """How many of the user's answers this replica is generating (asked on every
+        request: counted, not searched for among the answers kept for resuming)."""
+        return self._running[user_id]
 
     def find(self, message_id: str, user_id: str) -> AnswerLog | None:
         answer = self.logs.get(message_id)

@@ -190,3 +190,63 @@ async def test_a_taken_username_is_refused_by_the_database_too(
     async with sessions() as session:
         with pytest.raises(IntegrityError):
             await repository.create_user(session=session, username=name, password_hash="h")
+
+
+async def test_streaming_rows_follow_their_question_and_skip_deleted_conversations(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The recorder's streaming save: each answer's row is numbered after its question and
+    carries its model and sources; an answer whose conversation was deleted meanwhile is
+    dropped without failing the others' save."""
+    from backend.services.answers import Answer, AnswerRecorder
+    from tests.helpers import fake_model
+
+    async with sessions() as session:
+        user, (kept, doomed) = await _user_with_conversations(session, "kept", "doomed")
+        questions = {}
+        for conversation in (kept, doomed):
+            questions[conversation.id] = await repository.add_message(
+                session=session,
+                conversation=conversation,
+                role="user",
+                content="Why?",
+                parent_id=None,
+                status="complete",
+            )
+        await session.commit()
+        await repository.delete_conversation(session=session, conversation=doomed)
+        await session.commit()
+
+    recorder = AnswerRecorder(sessions=sessions, instance="here")
+    answers = [
+        Answer(
+            conversation_id=conversation.id,
+            message_id=str(uuid.uuid4()),
+            user_id=user.id,
+            parent_id=questions[conversation.id].id,
+            created_at=utcnow(),
+            started=0.0,
+            model=fake_model(),
+            parts=["Because"],
+            sources=[{"id": "d#0", "text": "t"}],
+        )
+        for conversation in (doomed, kept)
+    ]
+    for answer in answers:
+        recorder.first_token(answer)
+    await recorder.save()
+
+    assert set(recorder.saved) == {answers[1].message_id}
+    async with sessions() as session:
+        stored = await repository.conversation_messages(session=session, conversation_id=kept.id)
+        assert [(m.role, m.seq, m.status) for m in stored] == [
+            ("user", 1, "complete"),
+            ("assistant", 2, "streaming"),
+        ]
+        assert stored[1].content == "Because"
+        assert stored[1].model == "fake-model"
+        assert stored[1].sources == [{"id": "d#0", "text": "t"}]
+        assert stored[1].instance == "here"
+        assert stored[1].parent_id == stored[0].id
+        gone = await repository.conversation_messages(session=session, conversation_id=doomed.id)
+        assert gone == []
