@@ -33,13 +33,13 @@ class ChatModelHandle:
     count_tokens: Callable[[str], int] = field(default=approximate_token_count)
     wire: ChatWire | None = None
     # A model that answers one at a time: its waiting line, here (`queue`) or in the
-    # local-model process the workers share (`queued`, with a wire to it).
+    # local-model process the workers share (asked by `check_queue`, streamed over a wire).
     queue: ModelQueue | None = None
-    queued: bool = False
     check_queue: Callable[[], Awaitable[None]] | None = None
 
-    def __post_init__(self) -> None:
-        self.queued = self.queued or self.queue is not None
+    @property
+    def queued(self) -> bool:
+        return self.queue is not None or self.check_queue is not None
 
     async def admit(self) -> None:
         """Raise ModelBusy when the waiting line is full (before an answer is started)."""

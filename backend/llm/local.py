@@ -333,7 +333,7 @@ def build_shared_local_client(settings: Settings, spec: ModelSpec, url: str) -> 
     from llama_cpp import Llama
 
     from backend.llm.host import check_queue
-    from backend.llm.remote import CompatibleChatOpenAI, _timeout
+    from backend.llm.remote import CompatibleChatOpenAI, _defaults, _timeout
     from backend.llm.wire import ChatWire
 
     vocab = Llama(model_path=str(local_model_path(settings, spec)), vocab_only=True, verbose=False)
@@ -355,11 +355,7 @@ def build_shared_local_client(settings: Settings, spec: ModelSpec, url: str) -> 
             model=spec.name,
             api_key=None,
             timeout=timeout,
-            defaults={
-                "max_tokens": settings.max_tokens_default,
-                "temperature": settings.temperature_default,
-            },
+            defaults=_defaults(settings),
         ),
-        queued=True,
         check_queue=lambda: check_queue(url, spec.name),
     )

@@ -266,7 +266,7 @@ class ChatService:
         )
 
     async def _open(
-        self, turn: ChatTurn, passages: list[Passage], answer: Answer, on_queued: OnQueued
+        self, turn: ChatTurn, passages: list[Passage], answer: Answer, on_queued: OnQueued | None
     ) -> tuple[ModelStream, BuiltPrompt] | None:
         """The first model that starts answering, trying the fallbacks in order."""
         failure: ModelFailure | None = None
@@ -296,7 +296,7 @@ class ChatService:
         opened = (
             None
             if answer.status == "error"
-            else await self._open(turn, passages, answer, on_queued or _ignore)
+            else await self._open(turn, passages, answer, on_queued)
         )
         if opened is None:
             return None
@@ -349,10 +349,6 @@ class ChatService:
             raise
         stored = await self.recorder.finish(answer)
         yield end_event(stored, answer.error_code)
-
-
-def _ignore(position: int) -> None:
-    pass
 
 
 class _Waiting:

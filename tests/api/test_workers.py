@@ -16,22 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port, ingest, register
+from tests.helpers import child_processes, free_port, ingest, register
 
 pytestmark = pytest.mark.model  # the workers share the bundled SmolLM2
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 @pytest.fixture
@@ -119,7 +106,7 @@ def test_what_one_worker_does_the_other_sees(two_workers: tuple[str, Any]) -> No
         return response.json()["message"]["status"]
 
     assert set(_on_each_worker(url, chat).values()) == {"complete"}
-    processes = _children(process.pid)
+    processes = child_processes().get(process.pid, [])
     hosts = [p for p in processes if b"backend.llm.host" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(hosts) == 1
 
@@ -131,7 +118,7 @@ def test_migrations_run_once_and_a_killed_supervisor_leaves_nothing_behind(
     if database_url.startswith("sqlite"):  # a fresh database: migrated by the supervisor only
         log = (tmp_path / "backend.log").read_text()
         assert log.count("Running upgrade  -> 0001") == 1, log[-3000:]
-    children = _children(process.pid)
+    children = child_processes().get(process.pid, [])
     assert len(children) >= 3  # two workers and the model process
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,7 +17,14 @@ from httpx_sse import connect_sse
 from backend.errors import ModelBusy
 from backend.llm import ChatModelHandle
 from backend.llm.queue import ModelQueue
-from tests.helpers import RecordingFakeChatModel, Serve, fake_model, register, stream_chat
+from tests.helpers import (
+    LiveServer,
+    RecordingFakeChatModel,
+    Serve,
+    fake_model,
+    register,
+    stream_chat,
+)
 
 
 async def test_the_line_admits_in_order_tells_positions_and_lets_leavers_go() -> None:
@@ -56,7 +64,6 @@ async def test_the_line_admits_in_order_tells_positions_and_lets_leavers_go() ->
 def queued_model(reply: str, *, sleep: float, max_waiting: int) -> ChatModelHandle:
     handle = fake_model([reply], sleep=sleep)
     handle.queue = ModelQueue(max_waiting=max_waiting)
-    handle.queued = True
     return handle
 
 
@@ -82,16 +89,33 @@ def _wait_for(condition: Any, seconds: float = 30) -> None:
         time.sleep(0.02)
 
 
-def test_a_second_answer_waits_with_its_position_then_is_answered(serve: Serve) -> None:
-    model = queued_model("slow reply", sleep=0.05, max_waiting=4)
+@dataclass
+class Held:
+    """A server whose queued model is answering a first chat (`first`, read by `holder`)."""
+
+    model: ChatModelHandle
+    live: LiveServer
+    headers: dict[str, str]
+    first: list[tuple[str, Any]]
+    holder: threading.Thread
+
+
+def hold_the_model(serve: Serve, *, sleep: float, max_waiting: int) -> Held:
+    model = queued_model("slow reply", sleep=sleep, max_waiting=max_waiting)
     live = serve(model=model)
     headers = register(live.http)
     first: list[tuple[str, Any]] = []
     holder = _stream_in_thread(live.http, headers, first)
     _wait_for(lambda: any(name == "token" for name, _ in first))  # the model is held
+    return Held(model, live, headers, first, holder)
+
+
+def test_a_second_answer_waits_with_its_position_then_is_answered(serve: Serve) -> None:
+    held = hold_the_model(serve, sleep=0.05, max_waiting=4)
+    live, headers, first = held.live, held.headers, held.first
 
     second = stream_chat(live.http, headers, message="Me too")
-    holder.join()
+    held.holder.join()
     assert second.names()[0] == "status"
     assert second.first("status") == {"state": "queued", "position": 1}
     assert second.names().index("meta") > second.names().index("status")
@@ -101,13 +125,10 @@ def test_a_second_answer_waits_with_its_position_then_is_answered(serve: Serve) 
 
 
 def test_a_full_line_is_refused_before_the_stream_opens(serve: Serve) -> None:
-    model = queued_model("slow reply", sleep=0.1, max_waiting=1)
-    live = serve(model=model)
-    headers = register(live.http)
-    first: list[tuple[str, Any]] = []
+    held = hold_the_model(serve, sleep=0.1, max_waiting=1)
+    live, headers = held.live, held.headers
     second: list[tuple[str, Any]] = []
-    threads = [_stream_in_thread(live.http, headers, first)]
-    _wait_for(lambda: any(name == "token" for name, _ in first))
+    threads = [held.holder]
     threads.append(_stream_in_thread(live.http, headers, second))
     _wait_for(lambda: any(name == "status" for name, _ in second))
 
@@ -123,13 +144,9 @@ def test_a_full_line_is_refused_before_the_stream_opens(serve: Serve) -> None:
 def test_a_client_that_leaves_the_line_is_not_answered_and_frees_its_place(
     serve: Serve,
 ) -> None:
-    model = queued_model("slow reply", sleep=0.1, max_waiting=1)
+    held = hold_the_model(serve, sleep=0.1, max_waiting=1)
+    model, live, headers, holder = held.model, held.live, held.headers, held.holder
     assert isinstance(model.chat, RecordingFakeChatModel)
-    live = serve(model=model)
-    headers = register(live.http)
-    first: list[tuple[str, Any]] = []
-    holder = _stream_in_thread(live.http, headers, first)
-    _wait_for(lambda: any(name == "token" for name, _ in first))
 
     with connect_sse(
         live.http, "POST", "/chat/stream", json={"message": "I will leave"}, headers=headers
@@ -153,12 +170,8 @@ def test_the_app_is_told_its_place_in_line(serve: Serve) -> None:
     from frontend.app import queue_notice
     from frontend.client import BackendClient, StreamedAnswer
 
-    model = queued_model("slow reply", sleep=0.05, max_waiting=4)
-    live = serve(model=model)
-    headers = register(live.http)
-    first: list[tuple[str, Any]] = []
-    holder = _stream_in_thread(live.http, headers, first)
-    _wait_for(lambda: any(name == "token" for name, _ in first))
+    held = hold_the_model(serve, sleep=0.05, max_waiting=4)
+    live, headers, holder = held.live, held.headers, held.holder
 
     client = BackendClient(live.url, token=headers["Authorization"].removeprefix("Bearer "))
     moves: list[int | None] = []
