@@ -162,6 +162,7 @@ async def build_components(
         settings.resolved_vector_store,
     )
     limits = Limits(settings)
+    relay = Relay()
     recorder = AnswerRecorder(
         sessions=sessions,
         metrics=metrics,
@@ -169,6 +170,7 @@ async def build_components(
         instance=settings.instance_name,
         save_seconds=settings.stream_save_seconds,
         stale_seconds=settings.stream_stale_seconds,
+        on_stop=relay.stop,
     )
     return Components(
         settings=settings,
@@ -186,7 +188,7 @@ async def build_components(
             recorder=recorder,
         ),
         recorder=recorder,
-        relay=Relay(),
+        relay=relay,
         limits=limits,
         background=[asyncio.create_task(recorder.run(), name="save streaming answers")],
     )

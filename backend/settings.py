@@ -284,7 +284,9 @@ class Settings(BaseSettings):
     limit_requests: str = Field(
         "60/minute", description="Chat, search and ingestion requests per user."
     )
-    limit_streams: int = Field(4, ge=1, description="Answers one user may have streaming at once.")
+    limit_streams: int = Field(
+        4, ge=1, description="Answers one user may have generating at once, streamed or not."
+    )
     limit_tokens_per_day: int = Field(
         200_000,
         ge=1,

@@ -116,9 +116,11 @@ class Message(Base):
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # While an answer streams (status `streaming`): the replica writing it and its last
-    # save, the heartbeat that the sweep reads (services/saver.py).
+    # save, the heartbeat that the sweep reads (services/answers.py), and whether a
+    # replica other than the writer was asked to stop it (the writer reads it as it saves).
     instance: Mapped[str | None] = mapped_column(String(200), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
     feedback: Mapped[Feedback | None] = relationship(

@@ -308,6 +308,18 @@ async def get_owned_message(
     return result.scalar_one_or_none()
 
 
+async def request_stop(*, session: AsyncSession, message: Message) -> bool:
+    """Ask the replica writing the `streaming` answer `message` to stop it (it reads the
+    request at its next save). False if the answer has ended meanwhile."""
+    result = await session.execute(
+        update(Message)
+        .where(Message.id == message.id, Message.status == "streaming")
+        .values(stop_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
 async def set_feedback(
     *, session: AsyncSession, message: Message, rating: int, comment: str | None
 ) -> Feedback:

@@ -5,7 +5,8 @@ Answers are durable while they stream: the row appears at the first token (statu
 `streaming`), and one background task (`AnswerRecorder.run`) saves every growing answer of
 this process in one transaction every STREAM_SAVE_SECONDS, with a heartbeat (`updated_at`).
 Rows whose writer stopped heart-beating (a crashed replica) are marked `interrupted`, their
-text kept, by every replica's start and periodic sweep."""
+text kept, by every replica's start and periodic sweep. The heartbeat also reads back which
+answers another replica was asked to stop (`stop_requested`): those go to `on_stop`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,6 +110,7 @@ class AnswerRecorder:
         instance: str = "",
         save_seconds: float = 0.5,
         stale_seconds: float = 10.0,
+        on_stop: Callable[[str], None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.metrics = metrics or Metrics()
@@ -117,6 +120,8 @@ class AnswerRecorder:
         self.stale_seconds = stale_seconds
         self.streaming: dict[str, Answer] = {}  # message id -> answer being saved
         self.saved: dict[str, int] = {}  # message id -> characters in its row
+        self.on_stop = on_stop  # called with an answer's id when asked to stop it
+        self.stopping: set[str] = set()  # answers whose stop request was passed on
         self.lock = asyncio.Lock()  # one writer of streaming rows at a time
         self.wake = asyncio.Event()
 
@@ -173,12 +178,19 @@ class AnswerRecorder:
                 await session.execute(
                     update(Conversation).where(Conversation.id.in_(begun)).values(updated_at=now)
                 )
-            await session.execute(
+            beat = await session.execute(
                 update(Message)
                 .where(Message.id.in_(list(self.saved)), Message.status == "streaming")
                 .values(updated_at=now)
+                .returning(Message.id, Message.stop_requested)
+                .execution_options(synchronize_session=False)
             )
+            asked = [message_id for message_id, stop in beat if stop]
             await session.commit()
+        for message_id in asked:  # stopped through another replica
+            if message_id not in self.stopping and self.on_stop is not None:
+                self.stopping.add(message_id)
+                self.on_stop(message_id)
 
     async def _insert_streaming(
         self, session: AsyncSession, answer: Answer, text: str, now: datetime
@@ -291,6 +303,7 @@ class AnswerRecorder:
             return unsaved
         async with self.lock, self.sessions() as session:
             self.streaming.pop(answer.message_id, None)
+            self.stopping.discard(answer.message_id)
             if self.saved.pop(answer.message_id, None) is None:
                 message = await self._insert(session, answer, content, **fields)
             else:  # one statement: the row as it now is comes back with it

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,9 +23,12 @@ from backend.retrieval.filters import checked_filter
 from backend.retrieval.retriever import Passage
 from backend.services.answers import Answer, AnswerRecorder
 from backend.services.documents import DocumentService
-from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
+from backend.services.prompt import BuiltPrompt, build_prompt, check_fits, history_messages
 from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
 from backend.settings import Settings
+
+if TYPE_CHECKING:
+    from backend.services.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +134,8 @@ class ChatService:
         )
         await turn.models[0].admit()  # 503 when the local model's line is full
         # Refuse a message that cannot fit before anything is stored.
-        build_prompt(
+        check_fits(
             system=turn.system_prompt,
-            history=[],
             question=message,
             count_tokens=turn.models[0].count_tokens,
             budget=turn.models[0].context_window - turn.params["max_tokens"],
@@ -206,16 +208,21 @@ class ChatService:
         await turn.models[0].admit()
         return turn
 
-    async def complete(self, turn: ChatTurn) -> Message:
-        """Run the answer to its end and return it (as stored, when the turn is stored);
-        an answer that failed raises UpstreamFailed with the error event's code."""
-        async for event in self.answer(turn):
-            if event.stored is None:
-                continue
-            if event.event == "error":
-                raise UpstreamFailed(event.data["message"], code=event.data["code"])
-            return event.stored
-        raise AssertionError("an answer always ends with `done` or `error`")
+    async def complete(self, turn: ChatTurn, relay: Relay) -> Message:
+        """Run the answer to its end in `relay` (counted and stoppable like a stream) and
+        return it as stored: a stopped one as `interrupted`; one that failed raises
+        UpstreamFailed with its error's code."""
+        end = await relay.complete(
+            self.answer(turn), message_id=turn.assistant_message_id, user_id=turn.user.id
+        )
+        stored = end.stored
+        if stored is None and turn.conversation_id is not None:  # stopped: its row has it
+            async with self.sessions() as session:
+                stored = await session.get(Message, turn.assistant_message_id)
+        if end.event == "error" and (stored is None or stored.status == "error"):
+            raise UpstreamFailed(end.data["message"], code=end.data["code"])
+        assert stored is not None
+        return stored
 
     # --- steps 1-5: answer -------------------------------------------------------------
     def _meta(self, turn: ChatTurn, model: ChatModelHandle) -> ChatEvent:

@@ -4,7 +4,8 @@ default, in Redis when REDIS_URL is set, so that every replica shares them.
 - failed sign-ins, per username and per client address (LIMIT_LOGIN_FAILURES);
 - accounts created per client address (LIMIT_REGISTRATIONS);
 - chat, search and ingestion requests per user (LIMIT_REQUESTS);
-- answers streaming at once per user (LIMIT_STREAMS; counted by each replica's relay);
+- answers being generated at once per user, streamed or not (LIMIT_STREAMS; counted by
+  each replica's relay);
 - tokens (prompt + answer) per user per UTC day (LIMIT_TOKENS_PER_DAY).
 
 Each refusal is a `TooManyRequests` that says when to come back (`Retry-After`). Admins

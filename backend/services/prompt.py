@@ -67,6 +67,17 @@ def history_messages(turns: Sequence[tuple[str, str]]) -> list[BaseMessage]:
     return [HumanMessage(text) if role == "user" else AIMessage(text) for role, text in turns]
 
 
+def check_fits(
+    *, system: str, question: str, count_tokens: Callable[[str], int], budget: int
+) -> int:
+    """The tokens of the system instruction and the question, which always stay; raises
+    PromptTooLong if they alone exceed `budget`."""
+    fixed = count_tokens(system) + count_tokens(question) + 2 * PER_MESSAGE_OVERHEAD + REPLY_PRIMER
+    if fixed > budget:
+        raise PromptTooLong(fixed, budget)
+    return fixed
+
+
 def build_prompt(
     *,
     system: str,
@@ -89,9 +100,7 @@ def build_prompt(
     def cost(text: str) -> int:
         return count_tokens(text) + PER_MESSAGE_OVERHEAD
 
-    fixed = cost(system) + cost(question) + REPLY_PRIMER
-    if fixed > budget:
-        raise PromptTooLong(fixed, budget)
+    fixed = check_fits(system=system, question=question, count_tokens=count_tokens, budget=budget)
     used = fixed
     context, packed = "", 0
     if passages:

@@ -11,6 +11,12 @@ resumes from there: from the log while this process holds it, else from the data
 
 What a disconnect means is the answer's own: `stop` cancels it when its last reader leaves
 (the text so far is kept as `interrupted`); `finish` lets it complete, for a later resume.
+An answer asked for in one JSON response runs here too (`complete`): counted like a stream,
+and stopped like one.
+
+`POST /messages/{id}/stop` stops an answer of this process at once; one that another worker
+or replica generates is asked through its row (`stop_requested`), which its writer reads at
+its next save (`AnswerRecorder`) and answers with `Relay.stop`.
 """
 
 from __future__ import annotations
@@ -138,6 +144,22 @@ class Relay:
         """How many of the user's answers this replica is generating (asked on every
         request: counted, not searched for among the answers kept for resuming)."""
         return self._running[user_id]
+
+    def stop(self, message_id: str) -> None:
+        """Stop an answer of this process, if it still runs (asked through another one)."""
+        if (answer := self.logs.get(message_id)) is not None:
+            answer.stop()
+
+    async def complete(
+        self, events: AsyncIterator[ChatEvent], *, message_id: str, user_id: str
+    ) -> ChatEvent:
+        """Run an answer that nobody streams to its end; returns its last event. Counted
+        and stopped like a stream; the caller leaving does not stop it."""
+        answer = self.start(events, message_id=message_id, user_id=user_id, on_disconnect="finish")
+        assert answer.task is not None
+        await asyncio.shield(answer.task)
+        assert answer.end is not None, "an answer always ends with `done` or `error`"
+        return answer.end
 
     def find(self, message_id: str, user_id: str) -> AnswerLog | None:
         answer = self.logs.get(message_id)

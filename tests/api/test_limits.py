@@ -6,6 +6,7 @@ proxy."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -90,6 +91,35 @@ def test_answers_streaming_at_once_per_user(serve: Serve, model: ChatModelHandle
     while client.post("/chat", json={"message": "now"}, headers=headers).status_code == 429:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    # An answer asked for in one JSON response counts too, while it is being generated.
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(client.post, "/chat", json={"message": "long"}, headers=headers)
+        deadline = time.monotonic() + 10
+        while not any(
+            c["title"] == "long"
+            for c in client.get("/conversations", headers=headers).json()["data"]
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_limited(
+            client.post("/chat/stream", json={"message": "again"}, headers=headers),
+            "still streaming",
+        )
+        listed = client.get("/conversations", headers=headers).json()["data"]
+        while (
+            len(
+                messages := client.get(f"/conversations/{listed[0]['id']}", headers=headers).json()[
+                    "messages"
+                ]
+            )
+            < 2
+        ):  # the answer's row: at its first save
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (
+            client.post(f"/messages/{messages[1]['id']}/stop", headers=headers).status_code == 202
+        )
+        assert asked.result(timeout=10).json()["message"]["status"] == "interrupted"
 
 
 def test_the_daily_token_quota_says_when_it_resets(

@@ -4,6 +4,7 @@ on the same replica or another, swept when their writer dies."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -134,6 +135,73 @@ def test_another_replica_resumes_through_the_database(
     assert events[0][1]["instance"] == writer.components.settings.instance_name
     assert received + text_of(events) == REPLY
     assert events[-1][0] == "done"
+
+
+def wait_for_status(
+    client: httpx.Client, headers: dict[str, str], meta: dict[str, Any], wanted: str
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while (answer := stored(client, headers, meta))["status"] != wanted:
+        assert time.monotonic() < deadline, answer["status"]
+        time.sleep(0.05)
+    return answer
+
+
+def test_another_replica_stops_an_answer_through_the_database(
+    serve: Serve, model: ChatModelHandle, database_url: str
+) -> None:
+    writer = serve(model=model, database_url=database_url)
+    other = serve(model=model, database_url=database_url)
+    headers = register(writer.http)
+    meta, received, last_id = read_then_leave(writer.http, headers, 30, on_disconnect="finish")
+    message_id = meta["assistant_message_id"]
+    wait_for_status(other.http, headers, meta, "streaming")  # its row is in
+    stranger = register(other.http)
+    assert other.http.post(f"/messages/{message_id}/stop", headers=stranger).status_code == 404
+    stopping = other.http.post(f"/messages/{message_id}/stop", headers=headers)
+    assert (stopping.status_code, stopping.json()) == (202, {"status": "stopping"})
+    answer = wait_for_status(other.http, headers, meta, "interrupted")  # by the writer
+    assert answer["content"].startswith(received)
+    assert len(answer["content"]) < len(REPLY)
+    events = resume(writer.http, headers, message_id, last_id)
+    assert events[-1][1]["code"] == "interrupted"
+    assert received + text_of(events) == answer["content"]
+    again = other.http.post(f"/messages/{message_id}/stop", headers=headers)
+    assert (again.status_code, again.json()) == (202, {"status": "interrupted"})
+
+
+def test_an_answer_in_one_json_response_is_stopped_like_a_stream(
+    serve: Serve, model: ChatModelHandle, sqlite_url: str
+) -> None:
+    writer = serve(model=model, database_url=sqlite_url)
+    other = serve(model=model, database_url=sqlite_url)
+    headers = register(writer.http)
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(writer.http.post, "/chat", json={"message": "Hi"}, headers=headers)
+        deadline = time.monotonic() + 10
+        while not (listed := other.http.get("/conversations", headers=headers).json()["data"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        meta = {"conversation_id": listed[0]["id"]}
+        while (
+            len(
+                messages := other.http.get(
+                    f"/conversations/{meta['conversation_id']}", headers=headers
+                ).json()["messages"]
+            )
+            < 2
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop = other.http.post(f"/messages/{messages[1]['id']}/stop", headers=headers)
+        assert stop.json() == {"status": "stopping"}
+        response = asked.result(timeout=10)
+    assert response.status_code == 200
+    message = response.json()["message"]
+    assert message["status"] == "interrupted"
+    assert 0 < len(message["content"]) < len(REPLY)
+    meta["assistant_message_id"] = messages[1]["id"]
+    assert stored(other.http, headers, meta)["content"] == message["content"]
 
 
 def test_resuming_is_only_for_the_owner_and_a_real_event_id(client: httpx.Client) -> None:

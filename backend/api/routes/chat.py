@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.api.deps import AnsweringUser, ChatServiceDep, ComponentsDep
+from backend.api.deps import AnsweringUser, ComponentsDep
 from backend.api.sse import EventStream, relayed_response
 from backend.db.models import User
 from backend.schemas import ChatRequest, ChatResponse, MessagePublic
@@ -32,10 +32,10 @@ async def chat_stream(
 
 
 @router.post("/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, user: AnsweringUser, service: ChatServiceDep) -> ChatResponse:
+async def chat(body: ChatRequest, user: AnsweringUser, components: ComponentsDep) -> ChatResponse:
     """Answer in one JSON response (the same pipeline as /chat/stream)."""
-    turn = await _start(service, user, body)
-    answer = await service.complete(turn)
+    turn = await _start(components.chat_service, user, body)
+    answer = await components.chat_service.complete(turn, components.relay)
     assert turn.conversation_id is not None
     return ChatResponse(
         conversation_id=turn.conversation_id,

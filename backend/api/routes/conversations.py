@@ -10,7 +10,7 @@ from backend.api.inputs import MAX_OFFSET
 from backend.api.sse import EventStream, relayed_response, sse_response
 from backend.db import repository
 from backend.db.models import Conversation, Message, User
-from backend.errors import Conflict, InvalidInput, NotFound
+from backend.errors import InvalidInput, NotFound
 from backend.schemas import (
     ConversationCreate,
     ConversationDetail,
@@ -138,18 +138,18 @@ async def stop_answer(
     message_id: str, user: CurrentUser, components: ComponentsDep
 ) -> dict[str, str]:
     """Stop an answer being generated (one that was asked with `on_disconnect: finish`
-    goes on without readers); its text so far is kept as `interrupted`."""
+    goes on without readers); its text so far is kept as `interrupted`. One that another
+    worker or replica generates is stopped by it within STREAM_SAVE_SECONDS."""
     if (live := components.relay.find(message_id, user.id)) is not None:
         live.stop()
         return {"status": "stopping"}
     async with components.sessions() as session:
         message = await _owned_answer(session, user, message_id, only_answers="can be stopped")
-    if message.status == "streaming":
-        raise Conflict(
-            f"the answer is being written by replica {message.instance}; stop it there "
-            "(a request that reaches that replica)",
-            field=("path", "message_id"),
-        )
+        if message.status == "streaming":
+            if await repository.request_stop(session=session, message=message):
+                await session.commit()
+                return {"status": "stopping"}
+            await session.refresh(message)  # it ended meanwhile
     return {"status": message.status}
 
 

@@ -141,7 +141,7 @@ async def chat_completions(
         return EventStream(
             _chunks(turn, answer.follow(), include_usage), ping_seconds=settings.sse_ping_seconds
         )
-    return JSONResponse(_completion(turn, await service.complete(turn)))
+    return JSONResponse(_completion(turn, await service.complete(turn, components.relay)))
 
 
 def _finish_reason(reason: str | None) -> str:
