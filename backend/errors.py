@@ -39,12 +39,17 @@ class Forbidden(ServiceError):
     """The caller is known but may not do this."""
 
 
-class TooManyRequests(ServiceError):
-    """A limit of the deployment is reached: `retry_after` seconds until it lets go."""
+class RetryLater(ServiceError):
+    """An error that says when to come back: `retry_after` seconds (the Retry-After
+    header)."""
 
     def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(detail, code=code)
         self.retry_after = max(1, retry_after)
+
+
+class TooManyRequests(RetryLater):
+    """A limit of the deployment is reached: `retry_after` seconds until it lets go."""
 
 
 class PayloadTooLarge(ServiceError):
@@ -55,13 +60,12 @@ class Unavailable(ServiceError):
     """A system we depend on (the vector store) cannot be reached right now; try later."""
 
 
-class Busy(Unavailable):
+class Busy(Unavailable, RetryLater):
     """More work than can be served right now: `retry_after` seconds is a fair guess of
     when it can."""
 
-    def __init__(self, detail: str, *, retry_after: int, code: str = "busy") -> None:
-        super().__init__(detail, code=code)
-        self.retry_after = max(1, retry_after)
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = "busy") -> None:
+        super().__init__(detail, retry_after=retry_after, code=code)
 
 
 class ModelBusy(Busy):

@@ -6,12 +6,13 @@ import asyncio
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import uvicorn
@@ -29,6 +30,8 @@ from backend.app import create_app
 from backend.llm import ChatModelHandle
 from backend.retrieval.store import VectorStore
 from backend.settings import Settings
+
+T = TypeVar("T")
 
 
 class RecordingFakeChatModel(FakeListChatModel):
@@ -274,3 +277,21 @@ def read_then_leave(
                 if len(received) >= characters:
                     break
     return meta, received, last_id
+
+
+def wait_until(check: Callable[[], T | None], seconds: float = 10, what: str = "timed out") -> T:
+    """Ask `check` until it gives something true (returned); fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+    return found
+
+
+def first_answer(
+    client: httpx.Client, headers: dict[str, str], conversation_id: str
+) -> dict[str, Any] | None:
+    """The conversation's first answer once its row is written (at its first save)."""
+    url = f"/conversations/{conversation_id}"
+    messages = client.get(url, headers=headers).json()["messages"]
+    return messages[1] if len(messages) > 1 else None

@@ -19,6 +19,7 @@ from backend.errors import (
     NotAuthenticated,
     NotFound,
     PayloadTooLarge,
+    RetryLater,
     ServiceError,
     TooManyRequests,
     Unavailable,
@@ -84,7 +85,7 @@ def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, TooManyRequests | Busy):
+    if isinstance(exc, RetryLater):
         headers["Retry-After"] = str(exc.retry_after)
     if _is_openai(request):
         param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None

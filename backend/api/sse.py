@@ -9,7 +9,8 @@ py-spy, docs/models.md)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import anyio
 from starlette.responses import Response
@@ -36,16 +37,22 @@ def data_frame(data: str) -> bytes:
     return ("data: " + data + "\n\n").encode()
 
 
+def _as_is(frame: bytes) -> bytes:
+    return frame
+
+
 class EventStream(Response):
-    """A `text/event-stream` response of ready frames (bytes)."""
+    """A `text/event-stream` response: each of `events`, made a frame by `encode` (by
+    default they are frames already), sent as it comes."""
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        events: AsyncIterator[Any],
         *,
         ping_seconds: float,
+        encode: Callable[[Any], bytes] = _as_is,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         # No body and so no Content-Length (as Starlette's StreamingResponse sets them up).
@@ -54,7 +61,8 @@ class EventStream(Response):
         self.init_headers(
             {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
         )
-        self.frames = frames
+        self.events = events
+        self.encode = encode
         self.ping_seconds = ping_seconds
         self.sent = 0  # frames sent so far: the keep-alive's clock
 
@@ -67,14 +75,16 @@ class EventStream(Response):
                 group.start_soon(self._watch, receive, group.cancel_scope)
                 if self.ping_seconds > 0:
                     group.start_soon(self._keep_alive, send)
-                async for frame in self.frames:
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                encode = self.encode
+                async for event in self.events:
+                    body = encode(event)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                     self.sent += 1
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.frames.aclose()  # type: ignore[attr-defined]
+                await self.events.aclose()  # type: ignore[attr-defined]
 
     @staticmethod
     async def _watch(receive: Receive, scope: anyio.CancelScope) -> None:
@@ -93,14 +103,6 @@ class EventStream(Response):
             seen = self.sent
 
 
-async def _frames(events: AsyncIterator[ChatEvent]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield event_frame(event)
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-
-
 def relayed_response(components: Components, turn: ChatTurn, options: ChatOptions) -> EventStream:
     """Generate the turn's answer in the relay and stream it to this reader."""
     settings = components.settings
@@ -115,7 +117,7 @@ def relayed_response(components: Components, turn: ChatTurn, options: ChatOption
 
 def sse_response(events: AsyncIterator[ChatEvent], settings: Settings) -> EventStream:
     """`events` as Server-Sent Events, with keep-alive pings."""
-    return EventStream(_frames(events), ping_seconds=settings.sse_ping_seconds)
+    return EventStream(events, encode=event_frame, ping_seconds=settings.sse_ping_seconds)
 
 
 __all__ = ["EventStream", "data_frame", "event_frame", "relayed_response", "sse_response"]

@@ -121,7 +121,6 @@ class AnswerRecorder:
         self.streaming: dict[str, Answer] = {}  # message id -> answer being saved
         self.saved: dict[str, int] = {}  # message id -> characters in its row
         self.on_stop = on_stop  # called with an answer's id when asked to stop it
-        self.stopping: set[str] = set()  # answers whose stop request was passed on
         self.lock = asyncio.Lock()  # one writer of streaming rows at a time
         self.wake = asyncio.Event()
 
@@ -187,9 +186,8 @@ class AnswerRecorder:
             )
             asked = [message_id for message_id, stop in beat if stop]
             await session.commit()
-        for message_id in asked:  # stopped through another replica
-            if message_id not in self.stopping and self.on_stop is not None:
-                self.stopping.add(message_id)
+        if self.on_stop is not None:
+            for message_id in asked:  # stopped through another replica (idempotent)
                 self.on_stop(message_id)
 
     async def _insert_streaming(
@@ -303,7 +301,6 @@ class AnswerRecorder:
             return unsaved
         async with self.lock, self.sessions() as session:
             self.streaming.pop(answer.message_id, None)
-            self.stopping.discard(answer.message_id)
             if self.saved.pop(answer.message_id, None) is None:
                 message = await self._insert(session, answer, content, **fields)
             else:  # one statement: the row as it now is comes back with it

@@ -129,13 +129,13 @@ class Relay:
         answer = AnswerLog(message_id=message_id, user_id=user_id, on_disconnect=on_disconnect)
         answer.task = asyncio.create_task(self._run(answer, events), name=f"answer {message_id}")
         self._tasks.add(answer.task)
-        answer.task.add_done_callback(self._tasks.discard)
         self.logs[message_id] = answer
         self._running[user_id] += 1
-        answer.task.add_done_callback(lambda _: self._ended(user_id))
+        answer.task.add_done_callback(lambda task: self._ended(task, user_id))
         return answer
 
-    def _ended(self, user_id: str) -> None:
+    def _ended(self, task: asyncio.Task[None], user_id: str) -> None:
+        self._tasks.discard(task)
         self._running[user_id] -= 1
         if self._running[user_id] <= 0:
             del self._running[user_id]

@@ -15,7 +15,15 @@ from backend import cli
 from backend.db import repository
 from backend.llm import ChatModelHandle
 from backend.services import limits as limits_module
-from tests.helpers import LiveServer, Serve, fake_model, read_then_leave, register
+from tests.helpers import (
+    LiveServer,
+    Serve,
+    fake_model,
+    first_answer,
+    read_then_leave,
+    register,
+    wait_until,
+)
 
 
 def sign_in(client: httpx.Client, username: str, password: str, **headers: str) -> httpx.Response:
@@ -94,31 +102,22 @@ def test_answers_streaming_at_once_per_user(serve: Serve, model: ChatModelHandle
     # An answer asked for in one JSON response counts too, while it is being generated.
     with ThreadPoolExecutor(1) as pool:
         asked = pool.submit(client.post, "/chat", json={"message": "long"}, headers=headers)
-        deadline = time.monotonic() + 10
-        while not any(
-            c["title"] == "long"
-            for c in client.get("/conversations", headers=headers).json()["data"]
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        long = wait_until(
+            lambda: next(
+                (
+                    c
+                    for c in client.get("/conversations", headers=headers).json()["data"]
+                    if c["title"] == "long"
+                ),
+                None,
+            )
+        )
         assert_limited(
             client.post("/chat/stream", json={"message": "again"}, headers=headers),
             "still streaming",
         )
-        listed = client.get("/conversations", headers=headers).json()["data"]
-        while (
-            len(
-                messages := client.get(f"/conversations/{listed[0]['id']}", headers=headers).json()[
-                    "messages"
-                ]
-            )
-            < 2
-        ):  # the answer's row: at its first save
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert (
-            client.post(f"/messages/{messages[1]['id']}/stop", headers=headers).status_code == 202
-        )
+        answer = wait_until(lambda: first_answer(client, headers, long["id"]))
+        assert client.post(f"/messages/{answer['id']}/stop", headers=headers).status_code == 202
         assert asked.result(timeout=10).json()["message"]["status"] == "interrupted"
 
 

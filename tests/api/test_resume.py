@@ -15,7 +15,15 @@ from httpx_sse import connect_sse
 from backend.db import repository
 from backend.db.models import Message, utcnow
 from backend.llm import ChatModelHandle
-from tests.helpers import LiveServer, Serve, fake_model, read_then_leave, register
+from tests.helpers import (
+    LiveServer,
+    Serve,
+    fake_model,
+    first_answer,
+    read_then_leave,
+    register,
+    wait_until,
+)
 
 REPLY = "".join(f"word{n} " for n in range(60))  # 360 characters
 
@@ -98,10 +106,7 @@ def test_without_finish_a_disconnect_stops_the_answer(
 ) -> None:
     headers = register(client)
     meta, received, last_id = read_then_leave(client, headers, 30)  # the API's default: stop
-    deadline = time.monotonic() + 10
-    while stored(client, headers, meta)["status"] == "streaming":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: stored(client, headers, meta)["status"] != "streaming")
     answer = stored(client, headers, meta)
     assert answer["status"] == "interrupted"
     events = resume(client, headers, meta["assistant_message_id"], last_id)
@@ -140,11 +145,11 @@ def test_another_replica_resumes_through_the_database(
 def wait_for_status(
     client: httpx.Client, headers: dict[str, str], meta: dict[str, Any], wanted: str
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while (answer := stored(client, headers, meta))["status"] != wanted:
-        assert time.monotonic() < deadline, answer["status"]
-        time.sleep(0.05)
-    return answer
+    def answer() -> dict[str, Any] | None:
+        found = stored(client, headers, meta)
+        return found if found["status"] == wanted else None
+
+    return wait_until(answer, what=f"the answer never became {wanted}")
 
 
 def test_another_replica_stops_an_answer_through_the_database(
@@ -178,29 +183,19 @@ def test_an_answer_in_one_json_response_is_stopped_like_a_stream(
     headers = register(writer.http)
     with ThreadPoolExecutor(1) as pool:
         asked = pool.submit(writer.http.post, "/chat", json={"message": "Hi"}, headers=headers)
-        deadline = time.monotonic() + 10
-        while not (listed := other.http.get("/conversations", headers=headers).json()["data"]):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        listed = wait_until(
+            lambda: other.http.get("/conversations", headers=headers).json()["data"]
+        )
         meta = {"conversation_id": listed[0]["id"]}
-        while (
-            len(
-                messages := other.http.get(
-                    f"/conversations/{meta['conversation_id']}", headers=headers
-                ).json()["messages"]
-            )
-            < 2
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        stop = other.http.post(f"/messages/{messages[1]['id']}/stop", headers=headers)
+        answer = wait_until(lambda: first_answer(other.http, headers, meta["conversation_id"]))
+        stop = other.http.post(f"/messages/{answer['id']}/stop", headers=headers)
         assert stop.json() == {"status": "stopping"}
         response = asked.result(timeout=10)
     assert response.status_code == 200
     message = response.json()["message"]
     assert message["status"] == "interrupted"
     assert 0 < len(message["content"]) < len(REPLY)
-    meta["assistant_message_id"] = messages[1]["id"]
+    meta["assistant_message_id"] = answer["id"]
     assert stored(other.http, headers, meta)["content"] == message["content"]
 
 

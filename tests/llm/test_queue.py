@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.helpers import (
     fake_model,
     register,
     stream_chat,
+    wait_until,
 )
 
 
@@ -82,13 +82,6 @@ def _stream_in_thread(
     return thread
 
 
-def _wait_for(condition: Any, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @dataclass
 class Held:
     """A server whose queued model is answering a first chat (`first`, read by `holder`)."""
@@ -106,7 +99,7 @@ def hold_the_model(serve: Serve, *, sleep: float, max_waiting: int) -> Held:
     headers = register(live.http)
     first: list[tuple[str, Any]] = []
     holder = _stream_in_thread(live.http, headers, first)
-    _wait_for(lambda: any(name == "token" for name, _ in first))  # the model is held
+    wait_until(lambda: any(name == "token" for name, _ in first), 30)  # the model is held
     return Held(model, live, headers, first, holder)
 
 
@@ -130,7 +123,7 @@ def test_a_full_line_is_refused_before_the_stream_opens(serve: Serve) -> None:
     second: list[tuple[str, Any]] = []
     threads = [held.holder]
     threads.append(_stream_in_thread(live.http, headers, second))
-    _wait_for(lambda: any(name == "status" for name, _ in second))
+    wait_until(lambda: any(name == "status" for name, _ in second), 30)
 
     refused = live.http.post("/chat/stream", json={"message": "And me"}, headers=headers)
     assert refused.status_code == 503
@@ -156,7 +149,7 @@ def test_a_client_that_leaves_the_line_is_not_answered_and_frees_its_place(
     # It left: the line is empty again, so another may wait in its place.
     line = model.queue
     assert line is not None
-    _wait_for(lambda: not line.waiting)
+    wait_until(lambda: not line.waiting, 30)
     third: list[tuple[str, Any]] = []
     waiting = _stream_in_thread(live.http, headers, third)
     holder.join()
