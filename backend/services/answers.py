@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import exists, func, insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Insert, Table, bindparam, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import repository
 from backend.db.models import Conversation, Message, utcnow
@@ -113,6 +113,9 @@ class AnswerRecorder:
         on_stop: Callable[[str], None] | None = None,
     ) -> None:
         self.sessions = sessions
+        # Saves go through a plain connection with Core statements: no ORM session, no
+        # unit of work, for a transaction that runs twice a second (docs/models.md).
+        self.engine: AsyncEngine = sessions.kw["bind"]
         self.metrics = metrics or Metrics()
         self.limits = limits
         self.instance = instance
@@ -149,80 +152,65 @@ class AnswerRecorder:
                 await asyncio.sleep(self.save_seconds)
 
     async def save(self) -> None:
-        """One transaction: new rows for answers that began, the text of those that grew,
-        a heartbeat for all."""
+        """One transaction: new rows for answers that began, the text of those that grew
+        (one statement for all), a heartbeat for all (one more)."""
         if not self.streaming:
             return
-        async with self.lock, self.sessions() as session:
+        async with self.lock, self.engine.connect() as connection:
             now = utcnow()
-            begun: list[str] = []  # conversations that got a new answer row
+            begun: dict[str, Answer] = {}  # answers that get their row now
+            grown: list[dict[str, str]] = []  # answers whose text grew since the last save
             for answer in list(self.streaming.values()):
                 text = answer.text
                 if answer.message_id not in self.saved:
-                    if not await self._insert_streaming(session, answer, text, now):
-                        log.info(
-                            "conversation %s was deleted during its answer", answer.conversation_id
-                        )
-                        self.streaming.pop(answer.message_id, None)
-                        continue
-                    begun.append(str(answer.conversation_id))
+                    begun[answer.message_id] = answer
                 elif len(text) != self.saved[answer.message_id]:
-                    await session.execute(
-                        update(Message)
-                        .where(Message.id == answer.message_id, Message.status == "streaming")
-                        .values(content=text, updated_at=now)
-                    )
+                    grown.append({"answer_id": answer.message_id, "text": text})
                 self.saved[answer.message_id] = len(text)
-            if begun:  # the conversations are active now
-                await session.execute(
-                    update(Conversation).where(Conversation.id.in_(begun)).values(updated_at=now)
-                )
-            beat = await session.execute(
-                update(Message)
-                .where(Message.id.in_(list(self.saved)), Message.status == "streaming")
+            # Each statement runs once for all its rows (executemany): one trip, not one each.
+            if begun:
+                rows = [self._streaming_row(answer, now) for answer in begun.values()]
+                await connection.execute(_STREAMING_ROW, rows)
+            if grown:
+                await connection.execute(_GROWN, grown)
+            beat = await connection.execute(
+                update(_MESSAGES)
+                .where(_MESSAGES.c.id.in_(list(self.saved)), _MESSAGES.c.status == "streaming")
                 .values(updated_at=now)
-                .returning(Message.id, Message.stop_requested)
-                .execution_options(synchronize_session=False)
+                .returning(_MESSAGES.c.id, _MESSAGES.c.stop_requested)
             )
-            asked = [message_id for message_id, stop in beat if stop]
-            await session.commit()
+            alive: dict[str, bool] = {row[0]: row[1] for row in beat}  # id -> stop requested
+            for message_id, answer in begun.items():
+                if message_id not in alive:  # its conversation was deleted meanwhile
+                    log.info("conversation %s was deleted mid-answer", answer.conversation_id)
+                    self.streaming.pop(message_id, None)
+                    self.saved.pop(message_id, None)
+            active = {str(begun[m].conversation_id) for m in begun if m in alive}
+            if active:  # the conversations that got a new answer are active now
+                await connection.execute(
+                    update(Conversation).where(Conversation.id.in_(active)).values(updated_at=now)
+                )
+            await connection.commit()
         if self.on_stop is not None:
-            for message_id in asked:  # stopped through another replica (idempotent)
-                self.on_stop(message_id)
+            for message_id, stop in alive.items():
+                if stop:  # stopped through another replica (idempotent)
+                    self.on_stop(message_id)
 
-    async def _insert_streaming(
-        self, session: AsyncSession, answer: Answer, text: str, now: datetime
-    ) -> bool:
-        """The answer's `streaming` row, in one statement: numbered after the conversation's
-        last message, and only if the conversation still exists (it may have been deleted
-        meanwhile). False if it does not."""
-        values: dict[str, Any] = {
-            "id": answer.message_id,
-            "conversation_id": answer.conversation_id,
-            "parent_id": answer.parent_id,
-            "role": "assistant",
-            "content": text,
-            "status": "streaming",
-            "model": answer.model.name,
-            "sources": answer.sources,
-            "instance": self.instance,
-            "created_at": answer.created_at,
-            "updated_at": now,
+    def _streaming_row(self, answer: Answer, now: datetime) -> dict[str, Any]:
+        """The parameters of `_STREAMING_ROW` for an answer that began."""
+        return {
+            "new_id": answer.message_id,
+            "new_conversation_id": answer.conversation_id,
+            "new_parent_id": answer.parent_id,
+            "new_role": "assistant",
+            "new_content": answer.text,
+            "new_status": "streaming",
+            "new_model": answer.model.name,
+            "new_sources": answer.sources,
+            "new_instance": self.instance,
+            "new_created_at": answer.created_at,
+            "new_updated_at": now,
         }
-        columns = Message.__table__.c
-        next_seq = (
-            select(func.coalesce(func.max(Message.seq), 0) + 1)
-            .where(Message.conversation_id == answer.conversation_id)
-            .scalar_subquery()
-        )
-        row = select(
-            *(literal(value, type_=columns[name].type) for name, value in values.items()),
-            next_seq,
-        ).where(exists().where(Conversation.id == answer.conversation_id))
-        result = await session.execute(
-            insert(Message).from_select([*values, "seq"], row, include_defaults=False)
-        )
-        return bool(getattr(result, "rowcount", 0))
 
     async def sweep(self) -> int:
         """Mark `interrupted` the answers whose writer stopped heart-beating; their text
@@ -332,6 +320,40 @@ class AnswerRecorder:
             if tokens > 1 and generating > 0:
                 self.metrics.tokens_per_second.labels(name).observe(tokens / generating)
         self.metrics.tokens.labels(name).inc(tokens)
+
+
+_MESSAGES = cast(Table, Message.__table__)
+_STREAMING_COLUMNS = ("id", "conversation_id", "parent_id", "role", "content", "status", "model",
+                      "sources", "instance", "created_at", "updated_at")  # fmt: skip
+
+
+def _streaming_row_statement() -> Insert:
+    """An answer's `streaming` row (parameters `new_<column>`), numbered after its
+    conversation's last message, and only if the conversation still exists (it may have
+    been deleted meanwhile)."""
+    columns = _MESSAGES.c
+    conversation_id = bindparam("new_conversation_id", type_=columns.conversation_id.type)
+    next_seq = (
+        select(func.coalesce(func.max(columns.seq), 0) + 1)
+        .where(columns.conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    row = select(
+        *(bindparam(f"new_{name}", type_=columns[name].type) for name in _STREAMING_COLUMNS),
+        next_seq,
+    ).where(exists().where(Conversation.id == conversation_id))
+    return insert(_MESSAGES).from_select([*_STREAMING_COLUMNS, "seq"], row)
+
+
+_STREAMING_ROW = _streaming_row_statement()
+# The text of a streaming answer that grew (its heartbeat, `updated_at`, is written with all
+# the others'). A Core statement on the table, so that a list of parameters is one
+# executemany; the ORM would take such a list as a bulk update by primary key.
+_GROWN = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("answer_id"), _MESSAGES.c.status == "streaming")
+    .values(content=bindparam("text"))
+)
 
 
 def _ms(seconds: float) -> float:

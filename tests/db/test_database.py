@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import repository
 from backend.db.engine import MIGRATIONS_DIR, create_engine, migrate, session_factory
-from backend.db.models import Conversation, User, utcnow
+from backend.db.models import Conversation, Message, User, utcnow
 from tests.helpers import create_database, drop_database
 
 
@@ -250,3 +250,65 @@ async def test_streaming_rows_follow_their_question_and_skip_deleted_conversatio
         assert stored[1].parent_id == stored[0].id
         gone = await repository.conversation_messages(session=session, conversation_id=doomed.id)
         assert gone == []
+
+
+async def test_a_save_writes_the_text_of_every_answer_that_grew(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Each save writes the text of every answer that grew since the last one (one
+    statement for all) and leaves alone a row that is no longer `streaming`."""
+    from sqlalchemy import update
+
+    from backend.services.answers import Answer, AnswerRecorder
+    from tests.helpers import fake_model
+
+    async with sessions() as session:
+        user, conversations = await _user_with_conversations(session, "a", "b", "c")
+        questions = [
+            await repository.add_message(
+                session=session,
+                conversation=conversation,
+                role="user",
+                content="Why?",
+                parent_id=None,
+                status="complete",
+            )
+            for conversation in conversations
+        ]
+        await session.commit()
+    recorder = AnswerRecorder(sessions=sessions)
+    answers = [
+        Answer(
+            conversation_id=question.conversation_id,
+            message_id=str(uuid.uuid4()),
+            user_id=user.id,
+            parent_id=question.id,
+            created_at=utcnow(),
+            started=0.0,
+            model=fake_model(),
+            parts=["One"],
+        )
+        for question in questions
+    ]
+    for answer in answers:
+        recorder.first_token(answer)
+    await recorder.save()
+    async with sessions() as session:  # the third was ended elsewhere meanwhile
+        await session.execute(
+            update(Message).where(Message.id == answers[2].message_id).values(status="interrupted")
+        )
+        await session.commit()
+    answers[0].parts.append(" two")
+    answers[2].parts.append(" lost")
+    await recorder.save()
+    answers[0].parts.append(" three")
+    answers[1].parts.append(" and two")
+    await recorder.save()
+
+    async with sessions() as session:
+        stored = [await session.get(Message, answer.message_id) for answer in answers]
+    assert [(m.content, m.status) for m in stored if m is not None] == [
+        ("One two three", "streaming"),
+        ("One and two", "streaming"),
+        ("One", "interrupted"),
+    ]
