@@ -12,6 +12,7 @@ and the backend's resident memory with the most streams open.
 
     .venv/bin/python -m bench.relay_load [--clients 1,50,200] [--providers openai,hf]
         [--workers 1,2] [--profile FILE]
+    .venv/bin/python -m bench.relay_load --instructions [--providers openai,hf]
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,11 @@ PROVIDERS = {
     "openai": lambda url: {"id": "m", "provider": "openai-compatible", "model": "m", "base_url": url},
     "hf": lambda url: {"id": "m", "provider": "huggingface", "model": "meta-llama/Meta-Llama-3-8B-Instruct", "base_url": url},
 }  # fmt: skip
+
+
+# The service's limits, out of the way of a benchmark's crowd of one user.
+_LIMITLESS = {"LIMIT_REQUESTS": "1000000/minute", "LIMIT_STREAMS": "100000",
+              "LIMIT_REGISTRATIONS": "1000/hour", "LIMIT_TOKENS_PER_DAY": "1000000000"}  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
@@ -171,6 +178,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="FILE", help="run the service under py-spy, collapsed stacks to FILE"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only the one-token case, both servers under valgrind's callgrind (1 worker): "
+        "instructions per answer, repeatable whatever else the machine does",
+    )
     parser.add_argument("--serve-upstream", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -196,6 +209,10 @@ def main() -> None:
     long_cmd, long_url = upstream_command(args.tokens)
     short_cmd, short_url = upstream_command(1)
     with process(long_cmd, long_url), process(short_cmd, short_url):
+        if args.instructions:
+            for provider in args.providers.split(","):
+                count_instructions(args, provider, short_url)
+            return
         for workers in args.workers.split(","):
             for provider in args.providers.split(","):
                 print(f"\n== provider {provider}, {workers} worker(s) ==")
@@ -203,38 +220,84 @@ def main() -> None:
 
 
 def serve_both(
-    provider: str, upstream_url: str, tmp: str, extra: dict[str, str], profile: str | None = None
+    provider: str,
+    upstream_url: str,
+    tmp: str,
+    extra: dict[str, str],
+    wrap_backend: list[str] | None = None,
+    wrap_relay: list[str] | None = None,
 ) -> tuple[AbstractContextManager[int], str, AbstractContextManager[int], str]:
+    """The bare relay and the service on `upstream_url`, each run by a `wrap_…` command
+    (a profiler) when one is given."""
     relay_port, port = free_port(), free_port()
     relay = process(
-        [sys.executable, "-m", "bench.bare_relay", upstream_url, str(relay_port)],
+        [
+            *(wrap_relay or []),
+            sys.executable,
+            "-m",
+            "bench.bare_relay",
+            upstream_url,
+            str(relay_port),
+        ],
         f"http://127.0.0.1:{relay_port}/docs",
     )
     env = {"PORT": str(port), "DATA_DIR": tmp, "LOG_LEVEL": "warning", "HF_HUB_DISABLE_TELEMETRY": "1",
            "LLM_MODELS": json.dumps([PROVIDERS[provider](upstream_url)]), **extra}  # fmt: skip
-    command = [sys.executable, "-m", "backend"]
-    if profile:
-        command = [
-            str(Path(sys.executable).parent / "py-spy"),
-            "record",
-            "--subprocesses",
-            "--rate",
-            "250",
-            "--format",
-            "raw",
-            "-o",
-            profile,
-            "--",
-            *command,
-        ]
+    command = [*(wrap_backend or []), sys.executable, "-m", "backend"]
     backend = process(command, f"http://127.0.0.1:{port}/ready", env)
     return relay, f"http://127.0.0.1:{relay_port}", backend, f"http://127.0.0.1:{port}"
 
 
-def _profile(path: str | None, answers: bool) -> str | None:
-    """Where the profile of one round goes: FILE for the long answers, FILE.answers for the
-    one-token ones."""
-    return None if path is None else path + (".answers" if answers else "")
+def _py_spy(path: str | None, answers: bool) -> list[str] | None:
+    """py-spy around the service; the profile of one round goes to FILE for the long
+    answers, FILE.answers for the one-token ones."""
+    if path is None:
+        return None
+    output = path + (".answers" if answers else "")
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    return [py_spy, "record", "--subprocesses", "--rate", "250", "--format", "raw", "-o", output, "--"]  # fmt: skip
+
+
+def _callgrind(output: str) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={output}"]
+
+
+def _instructions(pid: int, output: str, run: Callable[[], Round]) -> tuple[int, Round]:
+    """The instructions the process `pid` (under `_callgrind(output)`) runs during `run`."""
+    subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+    round_ = run()
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
+    dump = max(Path(output).parent.glob(Path(output).name + ".*"), key=lambda p: p.stat().st_mtime)
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1]), round_
+    raise SystemExit(f"no totals in {dump}")
+
+
+def count_instructions(args: argparse.Namespace, provider: str, short_url: str) -> None:
+    """The one-token case with both servers under callgrind: instructions per answer.
+    Unlike CPU seconds on a shared machine, the count repeats to a fraction of a percent
+    (the time a server spends in the kernel is not in it)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
+    clients = args.answers
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_out, bare_out = f"{tmp}/backend.cg", f"{tmp}/relay.cg"
+        relay, relay_url, backend, url = serve_both(
+            provider, short_url, tmp, {**_LIMITLESS, "WORKERS": "1"}, _callgrind(ours_out), _callgrind(bare_out)
+        )  # fmt: skip
+        with relay as relay_pid, backend as pid:
+            headers = register(url)
+            asyncio.run(load(url, pid, headers, 16, 8))
+            asyncio.run(load(relay_url, relay_pid, {}, 4, 8))
+            ours, ours_round = _instructions(pid, ours_out, lambda: asyncio.run(load(url, pid, headers, clients, 8)))  # fmt: skip
+            bare, bare_round = _instructions(relay_pid, bare_out, lambda: asyncio.run(load(relay_url, relay_pid, {}, clients, 8)))  # fmt: skip
+    print(
+        f"{provider}: one-token answers, {clients} at once, under callgrind: instructions per "
+        f"answer {ours / clients / 1e6:.2f} M vs bare {bare / clients / 1e6:.2f} M "
+        f"(ratio {ours / bare:.2f}); failed {ours_round.failed}/{bare_round.failed}"
+    )
 
 
 def report(
@@ -247,8 +310,7 @@ def report(
         (short_url, [args.answers]),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            extra = {"WORKERS": workers, "LIMIT_REQUESTS": "1000000/minute", "LIMIT_STREAMS": "100000",
-                     "LIMIT_REGISTRATIONS": "1000/hour", "LIMIT_TOKENS_PER_DAY": "1000000000"}  # fmt: skip
+            extra = {**_LIMITLESS, "WORKERS": workers}
             if args.stream_save_seconds is not None:
                 extra["STREAM_SAVE_SECONDS"] = args.stream_save_seconds
             relay, relay_url, backend, url = serve_both(
@@ -256,7 +318,7 @@ def report(
                 upstream_url,
                 tmp,
                 extra,
-                _profile(args.profile, upstream_url == short_url),
+                _py_spy(args.profile, upstream_url == short_url),
             )
             with relay as relay_pid, backend as pid:
                 headers = register(url)

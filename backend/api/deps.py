@@ -1,4 +1,7 @@
-"""FastAPI dependencies as `Annotated` aliases, so routes read as plain signatures."""
+"""FastAPI dependencies as `Annotated` aliases, so routes read as plain signatures.
+
+Every one is `async def`, even those that never wait: FastAPI runs a plain `def`
+dependency in a worker thread, a round trip between threads on every request."""
 
 from __future__ import annotations
 
@@ -20,14 +23,14 @@ from backend.settings import Settings
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-def get_components(request: Request) -> Components:
+async def get_components(request: Request) -> Components:
     return request.app.state.components
 
 
 ComponentsDep = Annotated[Components, Depends(get_components)]
 
 
-def get_app_settings(components: ComponentsDep) -> Settings:
+async def get_app_settings(components: ComponentsDep) -> Settings:
     return components.settings
 
 
@@ -73,7 +76,7 @@ async def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The client's address: the socket's peer, or what a TRUSTED_PROXIES proxy says."""
     return request.client.host if request.client else "unknown"
 
@@ -100,7 +103,7 @@ async def answering_user(user: LimitedUser, components: ComponentsDep) -> User:
 AnsweringUser = Annotated[User, Depends(answering_user)]
 
 
-def get_chat_service(components: ComponentsDep) -> ChatService:
+async def get_chat_service(components: ComponentsDep) -> ChatService:
     return components.chat_service
 
 
