@@ -182,7 +182,7 @@ def main() -> None:
         "--instructions",
         action="store_true",
         help="only the one-token case, both servers under valgrind's callgrind (1 worker): "
-        "instructions per answer, repeatable whatever else the machine does",
+        "instructions per answer, which CPU contention does not move",
     )
     parser.add_argument("--serve-upstream", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,17 +230,8 @@ def serve_both(
     """The bare relay and the service on `upstream_url`, each run by a `wrap_…` command
     (a profiler) when one is given."""
     relay_port, port = free_port(), free_port()
-    relay = process(
-        [
-            *(wrap_relay or []),
-            sys.executable,
-            "-m",
-            "bench.bare_relay",
-            upstream_url,
-            str(relay_port),
-        ],
-        f"http://127.0.0.1:{relay_port}/docs",
-    )
+    relay_command = [*(wrap_relay or []), sys.executable, "-m", "bench.bare_relay", upstream_url, str(relay_port)]  # fmt: skip
+    relay = process(relay_command, f"http://127.0.0.1:{relay_port}/docs")
     env = {"PORT": str(port), "DATA_DIR": tmp, "LOG_LEVEL": "warning", "HF_HUB_DISABLE_TELEMETRY": "1",
            "LLM_MODELS": json.dumps([PROVIDERS[provider](upstream_url)]), **extra}  # fmt: skip
     command = [*(wrap_backend or []), sys.executable, "-m", "backend"]
@@ -258,16 +249,30 @@ def _py_spy(path: str | None, answers: bool) -> list[str] | None:
     return [py_spy, "record", "--subprocesses", "--rate", "250", "--format", "raw", "-o", output, "--"]  # fmt: skip
 
 
+def warm_up(url: str, pid: int, relay_url: str, relay_pid: int) -> dict[str, str]:
+    """Register the benchmark's user and answer enough at once that every worker has
+    answered (a worker's first answer is slower, ~90 ms to its first token, once), and a
+    few through the bare relay; returns the user's headers."""
+    headers = register(url)
+    asyncio.run(load(url, pid, headers, 16, 8))
+    asyncio.run(load(relay_url, relay_pid, {}, 4, 8))
+    return headers
+
+
 def _callgrind(output: str) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={output}"]
 
 
 def _instructions(pid: int, output: str, run: Callable[[], Round]) -> tuple[int, Round]:
     """The instructions the process `pid` (under `_callgrind(output)`) runs during `run`."""
-    subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+
+    def control(option: str) -> None:
+        subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+    control("--instr=on")
     round_ = run()
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
-    subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
+    control("--dump")
+    control("--instr=off")
     dump = max(Path(output).parent.glob(Path(output).name + ".*"), key=lambda p: p.stat().st_mtime)
     for line in dump.read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
@@ -277,8 +282,8 @@ def _instructions(pid: int, output: str, run: Callable[[], Round]) -> tuple[int,
 
 def count_instructions(args: argparse.Namespace, provider: str, short_url: str) -> None:
     """The one-token case with both servers under callgrind: instructions per answer.
-    Unlike CPU seconds on a shared machine, the count repeats to a fraction of a percent
-    (the time a server spends in the kernel is not in it)."""
+    Unlike CPU seconds on a shared machine, the count mostly repeats within 0.1 % (a few
+    percent at times: run it twice); the time a server spends in the kernel is not in it."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
     clients = args.answers
@@ -288,9 +293,7 @@ def count_instructions(args: argparse.Namespace, provider: str, short_url: str) 
             provider, short_url, tmp, {**_LIMITLESS, "WORKERS": "1"}, _callgrind(ours_out), _callgrind(bare_out)
         )  # fmt: skip
         with relay as relay_pid, backend as pid:
-            headers = register(url)
-            asyncio.run(load(url, pid, headers, 16, 8))
-            asyncio.run(load(relay_url, relay_pid, {}, 4, 8))
+            headers = warm_up(url, pid, relay_url, relay_pid)
             ours, ours_round = _instructions(pid, ours_out, lambda: asyncio.run(load(url, pid, headers, clients, 8)))  # fmt: skip
             bare, bare_round = _instructions(relay_pid, bare_out, lambda: asyncio.run(load(relay_url, relay_pid, {}, clients, 8)))  # fmt: skip
     print(
@@ -321,11 +324,7 @@ def report(
                 _py_spy(args.profile, upstream_url == short_url),
             )
             with relay as relay_pid, backend as pid:
-                headers = register(url)
-                # Warm-up: enough at once that every worker has answered (a worker's first
-                # answer is slower, ~90 ms to its first token, once).
-                asyncio.run(load(url, pid, headers, 16, 8))
-                asyncio.run(load(relay_url, relay_pid, {}, 4, 8))
+                headers = warm_up(url, pid, relay_url, relay_pid)
                 for clients in cases:
                     ours = asyncio.run(load(url, pid, headers, clients, args.tokens + 10))
                     bare = asyncio.run(load(relay_url, relay_pid, {}, clients, args.tokens + 10))

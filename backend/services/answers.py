@@ -159,17 +159,18 @@ class AnswerRecorder:
         async with self.lock, self.engine.connect() as connection:
             now = utcnow()
             begun: dict[str, Answer] = {}  # answers that get their row now
+            rows: list[dict[str, Any]] = []  # their rows
             grown: list[dict[str, str]] = []  # answers whose text grew since the last save
             for answer in list(self.streaming.values()):
                 text = answer.text
                 if answer.message_id not in self.saved:
                     begun[answer.message_id] = answer
+                    rows.append(self._streaming_row(answer, text, now))
                 elif len(text) != self.saved[answer.message_id]:
                     grown.append({"answer_id": answer.message_id, "text": text})
                 self.saved[answer.message_id] = len(text)
             # Each statement runs once for all its rows (executemany): one trip, not one each.
-            if begun:
-                rows = [self._streaming_row(answer, now) for answer in begun.values()]
+            if rows:
                 await connection.execute(_STREAMING_ROW, rows)
             if grown:
                 await connection.execute(_GROWN, grown)
@@ -180,12 +181,14 @@ class AnswerRecorder:
                 .returning(_MESSAGES.c.id, _MESSAGES.c.stop_requested)
             )
             alive: dict[str, bool] = {row[0]: row[1] for row in beat}  # id -> stop requested
+            active: set[str] = set()  # conversations that got a new answer
             for message_id, answer in begun.items():
-                if message_id not in alive:  # its conversation was deleted meanwhile
+                if message_id in alive:
+                    active.add(str(answer.conversation_id))
+                else:  # its conversation was deleted meanwhile
                     log.info("conversation %s was deleted mid-answer", answer.conversation_id)
                     self.streaming.pop(message_id, None)
                     self.saved.pop(message_id, None)
-            active = {str(begun[m].conversation_id) for m in begun if m in alive}
             if active:  # the conversations that got a new answer are active now
                 await connection.execute(
                     update(Conversation).where(Conversation.id.in_(active)).values(updated_at=now)
@@ -196,14 +199,14 @@ class AnswerRecorder:
                 if stop:  # stopped through another replica (idempotent)
                     self.on_stop(message_id)
 
-    def _streaming_row(self, answer: Answer, now: datetime) -> dict[str, Any]:
+    def _streaming_row(self, answer: Answer, text: str, now: datetime) -> dict[str, Any]:
         """The parameters of `_STREAMING_ROW` for an answer that began."""
         return {
             "new_id": answer.message_id,
             "new_conversation_id": answer.conversation_id,
             "new_parent_id": answer.parent_id,
             "new_role": "assistant",
-            "new_content": answer.text,
+            "new_content": text,
             "new_status": "streaming",
             "new_model": answer.model.name,
             "new_sources": answer.sources,

@@ -48,6 +48,23 @@ async def _user_with_conversations(
     return user, conversations
 
 
+async def _questions(session: AsyncSession, conversations: list[Conversation]) -> list[Message]:
+    """A first question in each conversation, committed."""
+    questions = [
+        await repository.add_message(
+            session=session,
+            conversation=conversation,
+            role="user",
+            content="Why?",
+            parent_id=None,
+            status="complete",
+        )
+        for conversation in conversations
+    ]
+    await session.commit()
+    return questions
+
+
 async def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
     engine = await _fresh(database_url)
     try:
@@ -203,17 +220,7 @@ async def test_streaming_rows_follow_their_question_and_skip_deleted_conversatio
 
     async with sessions() as session:
         user, (kept, doomed) = await _user_with_conversations(session, "kept", "doomed")
-        questions = {}
-        for conversation in (kept, doomed):
-            questions[conversation.id] = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="user",
-                content="Why?",
-                parent_id=None,
-                status="complete",
-            )
-        await session.commit()
+        questions = {q.conversation_id: q for q in await _questions(session, [kept, doomed])}
         await repository.delete_conversation(session=session, conversation=doomed)
         await session.commit()
 
@@ -264,18 +271,7 @@ async def test_a_save_writes_the_text_of_every_answer_that_grew(
 
     async with sessions() as session:
         user, conversations = await _user_with_conversations(session, "a", "b", "c")
-        questions = [
-            await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="user",
-                content="Why?",
-                parent_id=None,
-                status="complete",
-            )
-            for conversation in conversations
-        ]
-        await session.commit()
+        questions = await _questions(session, conversations)
     recorder = AnswerRecorder(sessions=sessions)
     answers = [
         Answer(
