@@ -5,16 +5,19 @@ proxy."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from limits.aio.strategies import MovingWindowRateLimiter
 
 from backend import cli
 from backend.db import repository
 from backend.llm import ChatModelHandle
 from backend.services import limits as limits_module
+from backend.settings import parse_limit
 from tests.helpers import (
     LiveServer,
     Serve,
@@ -204,3 +207,26 @@ def test_operators_add_list_and_disable_accounts(
     assert cli.main(["users", "disable", "grace"]) == 0
     assert sign_in(live.http, "grace", "chosen-password").status_code == 401
     assert cli.main(["users", "add", "x"]) == 2  # too short a name: refused, nothing stored
+
+
+async def test_memory_counters_are_cleaned_up_at_most_once_a_second() -> None:
+    """The library would start its clean-up (a task, a thread trip per window) at every
+    hit; ours runs it once per `prune_seconds`, and the limits hold all the same."""
+    storage = limits_module.PrunedMemoryStorage()
+    storage.prune_seconds = 0.3
+    window = MovingWindowRateLimiter(storage)
+    two_a_second = parse_limit("2/second")
+    assert await window.hit(two_a_second, "old")
+    cleanup = storage.timer
+    assert cleanup is not None
+    await cleanup
+    for key in ("a", "b", "c"):
+        assert await window.hit(two_a_second, key)
+        assert await window.hit(two_a_second, key)
+        assert not await window.hit(two_a_second, key)  # the third in the second
+    assert storage.timer is cleanup  # not started again within prune_seconds
+    await asyncio.sleep(1.1)  # every window above has expired
+    assert await window.hit(two_a_second, "new")
+    assert storage.timer is not cleanup
+    await storage.timer
+    assert list(storage.events) == [two_a_second.key_for("new")]  # the expired are gone
