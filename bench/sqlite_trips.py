@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from backend.db import repository
 from backend.db.engine import create_engine, session_factory
-from backend.db.models import Base, User
+from backend.db.models import Base, User, new_id
+from backend.services.answers import AnswerRecorder
 
 
 def per_call(calls: int, run: Callable[[], object]) -> float:
@@ -59,20 +60,17 @@ async def through_the_engine(path: Path, calls: int) -> tuple[str, dict[str, flo
         async with sessions() as session:
             await repository.get_user(session=session, user_id=user.id)
 
+    recorder = AnswerRecorder(sessions=sessions)
+
     async def write_question() -> None:
-        async with sessions() as session:
-            conversation = await repository.create_conversation(
-                session=session, user_id=user.id, title="t", flush=False
-            )
-            await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="user",
-                content="hello",
-                parent_id=None,
-                status="complete",
-            )
-            await session.commit()
+        await recorder.question(
+            user_id=user.id,
+            conversation_id=new_id(),
+            message_id=new_id(),
+            parent_id=None,
+            text="hello",
+            title="t",
+        )
 
     figures = {
         "get_user": await per_call_async(calls, get_user),

@@ -50,18 +50,13 @@ async def get_user_by_username(*, session: AsyncSession, username: str) -> User 
     return result.scalar_one_or_none()
 
 
-async def create_conversation(
-    *, session: AsyncSession, user_id: str, title: str, flush: bool = True
-) -> Conversation:
-    """A new conversation; with `flush=False` it is written with what follows it (its
-    first message: one round trip fewer)."""
+async def create_conversation(*, session: AsyncSession, user_id: str, title: str) -> Conversation:
     now = utcnow()
     conversation = Conversation(
         id=new_id(), user_id=user_id, title=title, created_at=now, updated_at=now
     )
     session.add(conversation)
-    if flush:
-        await session.flush()
+    await session.flush()
     return conversation
 
 

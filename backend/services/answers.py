@@ -22,8 +22,9 @@ from typing import Any, cast
 import anyio
 from sqlalchemy import Insert, Table, bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
-from backend.db import repository
+from backend.db.batch import BatchWriter
 from backend.db.models import Conversation, Message, utcnow
 from backend.llm import ChatModelHandle
 from backend.llm.wire import Delta
@@ -116,6 +117,8 @@ class AnswerRecorder:
         # Saves go through a plain connection with Core statements: no ORM session, no
         # unit of work, for a transaction that runs twice a second (docs/models.md).
         self.engine: AsyncEngine = sessions.kw["bind"]
+        # Questions and ended answers: many requests' rows in one transaction.
+        self.writer = BatchWriter(self.engine, _WRITES)
         self.metrics = metrics or Metrics()
         self.limits = limits
         self.instance = instance
@@ -156,7 +159,7 @@ class AnswerRecorder:
         (one statement for all), a heartbeat for all (one more)."""
         if not self.streaming:
             return
-        async with self.lock, self.engine.connect() as connection:
+        async with self.lock, self.writer.lock, self.engine.connect() as connection:
             now = utcnow()
             begun: dict[str, Answer] = {}  # answers that get their row now
             rows: list[dict[str, Any]] = []  # their rows
@@ -165,13 +168,23 @@ class AnswerRecorder:
                 text = answer.text
                 if answer.message_id not in self.saved:
                     begun[answer.message_id] = answer
-                    rows.append(self._streaming_row(answer, text, now))
+                    rows.append(
+                        _answer_row(
+                            answer,
+                            content=text,
+                            status="streaming",
+                            model=answer.model.name,
+                            sources=answer.sources,
+                            instance=self.instance,
+                            updated_at=now,
+                        )
+                    )
                 elif len(text) != self.saved[answer.message_id]:
                     grown.append({"answer_id": answer.message_id, "text": text})
                 self.saved[answer.message_id] = len(text)
             # Each statement runs once for all its rows (executemany): one trip, not one each.
             if rows:
-                await connection.execute(_STREAMING_ROW, rows)
+                await connection.execute(_NEW_MESSAGE, rows)
             if grown:
                 await connection.execute(_GROWN, grown)
             beat = await connection.execute(
@@ -199,29 +212,13 @@ class AnswerRecorder:
                 if stop:  # stopped through another replica (idempotent)
                     self.on_stop(message_id)
 
-    def _streaming_row(self, answer: Answer, text: str, now: datetime) -> dict[str, Any]:
-        """The parameters of `_STREAMING_ROW` for an answer that began."""
-        return {
-            "new_id": answer.message_id,
-            "new_conversation_id": answer.conversation_id,
-            "new_parent_id": answer.parent_id,
-            "new_role": "assistant",
-            "new_content": text,
-            "new_status": "streaming",
-            "new_model": answer.model.name,
-            "new_sources": answer.sources,
-            "new_instance": self.instance,
-            "new_created_at": answer.created_at,
-            "new_updated_at": now,
-        }
-
     async def sweep(self) -> int:
         """Mark `interrupted` the answers whose writer stopped heart-beating; their text
         stays. Returns how many. This recorder's own answers are alive whatever their
         heartbeat says (a database slow to take writes delays it)."""
         cutoff = utcnow() - timedelta(seconds=self.stale_seconds)
         alive = list(self.saved.keys() | self.streaming.keys())
-        async with self.sessions() as session:
+        async with self.writer.lock, self.sessions() as session:
             result = await session.execute(
                 update(Message)
                 .where(
@@ -236,30 +233,6 @@ class AnswerRecorder:
         if swept:
             log.warning("marked %d answers interrupted: their writer stopped", swept)
         return swept
-
-    async def _insert(
-        self, session: AsyncSession, answer: Answer, text: str, **fields: Any
-    ) -> Message | None:
-        conversation = await session.get(Conversation, answer.conversation_id)
-        if conversation is None:  # deleted while answering: nothing to attach it to
-            log.info("conversation %s was deleted during its answer", answer.conversation_id)
-            return None
-        return await repository.add_message(
-            session=session,
-            conversation=conversation,
-            role="assistant",
-            content=text,
-            parent_id=answer.parent_id,
-            message_id=answer.message_id,
-            created_at=answer.created_at,
-            **{
-                "model": answer.model.name,
-                "sources": answer.sources,
-                "instance": self.instance,
-                "updated_at": utcnow(),
-                **fields,
-            },
-        )
 
     # --- at the end ----------------------------------------------------------------------
     async def finish(self, answer: Answer) -> Message:
@@ -279,31 +252,68 @@ class AnswerRecorder:
         if self.limits is not None:  # the day's quota, whether or not the answer is stored
             spent = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
             await self.limits.spend_tokens(answer.user_id, spent)
-        content = answer.text
-        unsaved = Message(
+        content, now = answer.text, utcnow()
+        message = Message(
             id=answer.message_id,
+            conversation_id=answer.conversation_id,
             role="assistant",
             content=content,
             parent_id=answer.parent_id,
             created_at=answer.created_at,
+            updated_at=now,
+            instance=self.instance,
             **fields,
         )
         if answer.conversation_id is None:
-            return unsaved
-        async with self.lock, self.sessions() as session:
+            return message
+        async with self.lock:  # a save under way may be writing its streaming row
             self.streaming.pop(answer.message_id, None)
-            if self.saved.pop(answer.message_id, None) is None:
-                message = await self._insert(session, answer, content, **fields)
-            else:  # one statement: the row as it now is comes back with it
-                message = await session.scalar(
-                    update(Message)
-                    .where(Message.id == answer.message_id)
-                    .values(content=content, updated_at=utcnow(), **fields)
-                    .returning(Message)
-                    .execution_options(synchronize_session=False)
+            row_written = self.saved.pop(answer.message_id, None) is not None
+        values = {"content": content, "updated_at": now, **fields}
+        if row_written:
+            ended = {"answer_id": answer.message_id, **{f"new_{k}": v for k, v in values.items()}}
+            await self.writer.write({_ENDED: [ended]})
+        else:
+            await self.writer.write(
+                {
+                    _NEW_MESSAGE: [_answer_row(answer, instance=self.instance, **values)],
+                    _ACTIVE: [{"conversation_id": answer.conversation_id, "new_updated_at": now}],
+                }
+            )
+        return message
+
+    async def question(
+        self,
+        *,
+        user_id: str,
+        conversation_id: str,
+        message_id: str,
+        parent_id: str | None,
+        text: str,
+        title: str | None = None,
+    ) -> None:
+        """Store a question, and with a `title` the new conversation it opens. A question
+        to a conversation deleted meanwhile is not stored (nor, then, its answer)."""
+        now = utcnow()
+        rows: dict[Executable, list[dict[str, Any]]] = {
+            _NEW_MESSAGE: [
+                _message_row(
+                    id=message_id,
+                    conversation_id=conversation_id,
+                    parent_id=parent_id,
+                    role="user",
+                    content=text,
+                    status="complete",
+                    created_at=now,
                 )
-            await session.commit()
-            return message if message is not None else unsaved
+            ]
+        }
+        if title is None:
+            rows[_ACTIVE] = [{"conversation_id": conversation_id, "new_updated_at": now}]
+        else:
+            conversation = {"id": conversation_id, "user_id": user_id, "title": title}
+            rows[_NEW_CONVERSATION] = [{**conversation, "created_at": now, "updated_at": now}]
+        await self.writer.write(rows)
 
     async def interrupted(self, answer: Answer) -> Message:
         """The reader went away: keep what was said so far (shielded from the cancel)."""
@@ -326,14 +336,30 @@ class AnswerRecorder:
 
 
 _MESSAGES = cast(Table, Message.__table__)
-_STREAMING_COLUMNS = ("id", "conversation_id", "parent_id", "role", "content", "status", "model",
-                      "sources", "instance", "created_at", "updated_at")  # fmt: skip
+_CONVERSATIONS = cast(Table, Conversation.__table__)
+_MESSAGE_COLUMNS = ("id", "conversation_id", "parent_id", "role", "content", "status", "model",
+                    "finish_reason", "error", "prompt_tokens", "completion_tokens", "timings",
+                    "sources", "instance", "created_at", "updated_at")  # fmt: skip
+_ENDED_COLUMNS = ("content", "updated_at", "status", "model", "finish_reason", "error",
+                  "prompt_tokens", "completion_tokens", "timings", "sources")  # fmt: skip
 
 
-def _streaming_row_statement() -> Insert:
-    """An answer's `streaming` row (parameters `new_<column>`), numbered after its
-    conversation's last message, and only if the conversation still exists (it may have
-    been deleted meanwhile)."""
+def _message_row(**values: Any) -> dict[str, Any]:
+    """The parameters of `_NEW_MESSAGE`: `values` by column, the other columns NULL."""
+    if unknown := values.keys() - set(_MESSAGE_COLUMNS):
+        raise ValueError(f"not columns of a new message: {sorted(unknown)}")
+    return {f"new_{c}": values.get(c) for c in _MESSAGE_COLUMNS}
+
+
+def _answer_row(answer: Answer, **values: Any) -> dict[str, Any]:
+    return _message_row(id=answer.message_id, conversation_id=answer.conversation_id,
+                        parent_id=answer.parent_id, role="assistant",
+                        created_at=answer.created_at, **values)  # fmt: skip
+
+
+def _new_message_statement() -> Insert:
+    """A new message (parameters `new_<column>`), numbered after its conversation's last
+    one, and only if the conversation still exists (it may have been deleted meanwhile)."""
     columns = _MESSAGES.c
     conversation_id = bindparam("new_conversation_id", type_=columns.conversation_id.type)
     next_seq = (
@@ -342,21 +368,38 @@ def _streaming_row_statement() -> Insert:
         .scalar_subquery()
     )
     row = select(
-        *(bindparam(f"new_{name}", type_=columns[name].type) for name in _STREAMING_COLUMNS),
+        *(bindparam(f"new_{name}", type_=columns[name].type) for name in _MESSAGE_COLUMNS),
         next_seq,
     ).where(exists().where(Conversation.id == conversation_id))
-    return insert(_MESSAGES).from_select([*_STREAMING_COLUMNS, "seq"], row)
+    return insert(_MESSAGES).from_select([*_MESSAGE_COLUMNS, "seq"], row)
 
 
-_STREAMING_ROW = _streaming_row_statement()
+# Core statements on the tables, so that a list of parameters is one executemany (the ORM
+# would take such a list as a bulk operation by primary key).
+_NEW_CONVERSATION = insert(_CONVERSATIONS)
+_NEW_MESSAGE = _new_message_statement()
 # The text of a streaming answer that grew (its heartbeat, `updated_at`, is written with all
-# the others'). A Core statement on the table, so that a list of parameters is one
-# executemany; the ORM would take such a list as a bulk update by primary key.
+# the others').
 _GROWN = (
     update(_MESSAGES)
     .where(_MESSAGES.c.id == bindparam("answer_id"), _MESSAGES.c.status == "streaming")
     .values(content=bindparam("text"))
 )
+# An ended answer whose row was written while it streamed.
+_ENDED = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("answer_id"))
+    .values(
+        {name: bindparam(f"new_{name}", type_=_MESSAGES.c[name].type) for name in _ENDED_COLUMNS}
+    )
+)
+# A conversation that got a new message is active now.
+_ACTIVE = (
+    update(_CONVERSATIONS)
+    .where(_CONVERSATIONS.c.id == bindparam("conversation_id"))
+    .values(updated_at=bindparam("new_updated_at", type_=_CONVERSATIONS.c.updated_at.type))
+)
+_WRITES = (_NEW_CONVERSATION, _NEW_MESSAGE, _ENDED, _ACTIVE)  # the writer's, in this order
 
 
 def _ms(seconds: float) -> float:

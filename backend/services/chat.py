@@ -142,34 +142,27 @@ class ChatService:
         )
         if not persist:
             return turn
-        async with self.sessions() as session:
-            if conversation_id is None:
-                conversation = await repository.create_conversation(
-                    session=session, user_id=user.id, title=_title(message), flush=False
-                )
-                branch: list[Message] = []
-            else:
-                found = await repository.get_conversation(
+        branch: list[Message] = []
+        if conversation_id is not None:
+            async with self.sessions() as session:
+                conversation = await repository.get_conversation(
                     session=session, user_id=user.id, conversation_id=conversation_id
                 )
-                if found is None:
+                if conversation is None:
                     raise NotFound("conversation not found", field=("body", "conversation_id"))
-                conversation = found
                 stored = await repository.conversation_messages(
-                    session=session, conversation_id=conversation.id
+                    session=session, conversation_id=conversation_id
                 )
-                branch = repository.branch_ending_at(stored, stored[-1].id if stored else None)
-            user_message = await repository.add_message(
-                session=session,
-                conversation=conversation,
-                role="user",
-                content=message,
-                parent_id=branch[-1].id if branch else None,
-                status="complete",
-            )
-            await session.commit()
-        turn.conversation_id = conversation.id
-        turn.user_message_id = user_message.id
+            branch = repository.branch_ending_at(stored, stored[-1].id if stored else None)
+        turn.conversation_id = conversation_id or new_id()
+        await self.recorder.question(
+            user_id=user.id,
+            conversation_id=turn.conversation_id,
+            message_id=turn.user_message_id,
+            parent_id=branch[-1].id if branch else None,
+            text=message,
+            title=_title(message) if conversation_id is None else None,
+        )
         if history is None:
             turn.history = [(m.role, m.content) for m in branch if m.content]
         turn.started = time.perf_counter()

@@ -308,3 +308,59 @@ async def test_a_save_writes_the_text_of_every_answer_that_grew(
         ("One and two", "streaming"),
         ("One", "interrupted"),
     ]
+
+
+async def test_questions_arriving_together_are_written_in_one_transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The recorder's writer: questions that arrive together are committed together, each
+    numbered after the last in its conversation; one that fails fails alone."""
+    from sqlalchemy import event
+
+    from backend.db.models import new_id
+    from backend.services.answers import AnswerRecorder
+
+    async with sessions() as session:
+        user, (existing,) = await _user_with_conversations(session, "existing")
+        await session.commit()
+    recorder = AnswerRecorder(sessions=sessions)
+    commits: list[object] = []
+    event.listen(recorder.engine.sync_engine, "commit", commits.append)
+
+    def ask(conversation_id: str, *, user_id: str = user.id, title: str | None = None):
+        return recorder.question(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            message_id=new_id(),
+            parent_id=None,
+            text=f"question to {conversation_id}",
+            title=title,
+        )
+
+    new = [new_id() for _ in range(20)]
+    await asyncio.gather(*(ask(c, title="new") for c in new), *(ask(existing.id) for _ in range(5)))
+    assert len(commits) == 1
+    async with sessions() as session:
+        for conversation_id in new:
+            stored = await repository.conversation_messages(
+                session=session, conversation_id=conversation_id
+            )
+            assert [(m.role, m.seq) for m in stored] == [("user", 1)]
+        stored = await repository.conversation_messages(
+            session=session, conversation_id=existing.id
+        )
+        assert sorted(m.seq for m in stored) == [1, 2, 3, 4, 5]
+
+    # A new conversation of a user that does not exist breaks its foreign key.
+    good, bad = [new_id() for _ in range(3)], new_id()
+    results = await asyncio.gather(
+        *(ask(c, title="new") for c in good),
+        ask(bad, user_id="nobody", title="new"),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results[:3]] == [type(None)] * 3
+    assert isinstance(results[3], IntegrityError)
+    async with sessions() as session:
+        assert await session.get(Conversation, bad) is None
+        for conversation_id in good:
+            assert await session.get(Conversation, conversation_id) is not None
