@@ -11,7 +11,9 @@ from langchain_core.embeddings import Embeddings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.db.batch import BatchLoader
 from backend.db.engine import create_engine, migrate, session_factory
+from backend.db.models import User
 from backend.llm import ChatModelHandle, ModelCatalog, build_models
 from backend.metrics import Metrics
 from backend.retrieval.bm25 import BM25Encoder
@@ -40,6 +42,7 @@ class Components:
     recorder: AnswerRecorder
     relay: Relay
     limits: Limits
+    users: BatchLoader[User]  # authentication's lookups, many requests' in one query
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def database_ok(self) -> bool:
@@ -190,5 +193,6 @@ async def build_components(
         recorder=recorder,
         relay=relay,
         limits=limits,
+        users=BatchLoader(sessions, User),
         background=[asyncio.create_task(recorder.run(), name="save streaming answers")],
     )

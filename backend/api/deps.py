@@ -49,8 +49,10 @@ async def get_current_user(
     components: ComponentsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
-    """The caller. Uses a session of its own, closed at once: a dependency's session would
-    stay open (holding a pooled connection) for as long as a streamed answer lasts."""
+    """The caller. Never in a dependency's session, which would stay open (holding a
+    pooled connection) for as long as a streamed answer lasts: an API key's owner in a
+    session of its own, a token's user through `components.users` (requests that arrive
+    together are looked up in one query)."""
     settings = components.settings
     if not token:
         raise NotAuthenticated("not authenticated: send `Authorization: Bearer <token>`")
@@ -66,8 +68,7 @@ async def get_current_user(
         user_id = decode_access_token(token, secret_key=settings.secret_key.get_secret_value())
     except InvalidToken as exc:
         raise NotAuthenticated(f"{exc}; log in again") from exc
-    async with components.sessions() as session:
-        user = await repository.get_user(session=session, user_id=user_id)
+    user = await components.users.get(user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("unknown or inactive user; log in again")
     return user

@@ -1,5 +1,6 @@
-"""Group commit: the writes of many requests in one transaction, each statement run once
-for all their rows (one executemany).
+"""Many requests' database calls as one: group commit for writes (`BatchWriter`: the rows
+of many requests in one transaction, each statement run once for all its rows, one
+executemany) and batched lookups by id for reads (`BatchLoader`).
 
 Under load a database call costs turns of a busy event loop, and on SQLite every write
 transaction waits for the one writer (its busy handler sleeps up to 100 ms at a time): 200
@@ -13,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 
 log = logging.getLogger(__name__)
 
+Row = TypeVar("Row")
 Rows = Mapping[Executable, Sequence[Mapping[str, Any]]]  # statement -> its parameters
 
 
@@ -87,3 +90,49 @@ def _settle(future: asyncio.Future[None], error: Exception | None = None) -> Non
         future.set_exception(error)
     else:
         future.set_result(None)
+
+
+class BatchLoader(Generic[Row]):
+    """Rows by id for many requests at once: the ids asked for while one query runs are
+    looked up together in the next (one `SELECT … WHERE id IN (…)`), so that 200 requests
+    arriving together authenticate with a few queries instead of 200 sessions. Always
+    read from the database: nothing is kept between queries."""
+
+    MAX_IDS = 500  # per query (SQLite takes up to 32,766 parameters)
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], model: type[Row]) -> None:
+        self.sessions = sessions
+        self.model = model
+        self._waiting: dict[str, list[asyncio.Future[Row | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, id_: str) -> Row | None:
+        future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(id_, []).append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._load(), name=f"{self.model.__name__} loader")
+        return await future
+
+    async def _load(self) -> None:
+        try:
+            while self._waiting:
+                ids = list(self._waiting)[: self.MAX_IDS]
+                batch = {id_: self._waiting.pop(id_) for id_ in ids}
+                try:
+                    async with self.sessions() as session:
+                        found = await session.scalars(
+                            select(self.model).where(self.model.id.in_(ids))  # type: ignore[attr-defined]
+                        )
+                        rows = {row.id: row for row in found}  # type: ignore[attr-defined]
+                except Exception as exc:  # noqa: BLE001 - raised to the loader's callers
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for id_, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(rows.get(id_))
+        finally:
+            self._task = None

@@ -364,3 +364,39 @@ async def test_questions_arriving_together_are_written_in_one_transaction(
         assert await session.get(Conversation, bad) is None
         for conversation_id in good:
             assert await session.get(Conversation, conversation_id) is not None
+
+
+async def test_users_looked_up_together_are_read_in_one_query(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Authentication's loader: lookups that arrive together are one query; an unknown id
+    is None; nothing is kept, so a user deactivated meanwhile is seen at once."""
+    from sqlalchemy import event, update
+
+    from backend.db.batch import BatchLoader
+
+    async with sessions() as session:
+        users = [
+            await repository.create_user(session=session, username=f"u{i}", password_hash="h")
+            for i in range(30)
+        ]
+        await session.commit()
+    loader = BatchLoader(sessions, User)
+    queries: list[str] = []
+    engine = sessions.kw["bind"]
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: queries.append(statement),
+    )
+    ids = [u.id for u in users] * 2 + ["nobody"]
+    found = await asyncio.gather(*(loader.get(id_) for id_ in ids))
+    assert [u.username if u else None for u in found] == [u.username for u in users] * 2 + [None]
+    assert len([q for q in queries if "FROM users" in q]) == 1
+
+    async with sessions() as session:
+        await session.execute(update(User).where(User.id == users[0].id).values(is_active=False))
+        await session.commit()
+    again = await loader.get(users[0].id)
+    assert again is not None
+    assert not again.is_active
