@@ -1,9 +1,12 @@
 """Storing and observing answers: what one answer has produced so far (`Answer`), and the
 `AnswerRecorder` that writes it to the database and counts it in the metrics.
 
-Answers are durable while they stream: the row appears at the first token (status
-`streaming`), and one background task (`AnswerRecorder.run`) saves every growing answer of
-this process in one transaction every STREAM_SAVE_SECONDS, with a heartbeat (`updated_at`).
+Questions and ended answers are written through a group-commit writer (`db/batch.py`):
+the rows of requests that arrive together in one transaction. Answers are durable while
+they stream: the row appears at the first token (status `streaming`; within
+STREAM_SAVE_SECONDS while answers keep beginning), and one background task
+(`AnswerRecorder.run`) saves every growing answer of this process in one transaction every
+STREAM_SAVE_SECONDS, with a heartbeat (`updated_at`).
 Rows whose writer stopped heart-beating (a crashed replica) are marked `interrupted`, their
 text kept, by every replica's start and periodic sweep. The heartbeat also reads back which
 answers another replica was asked to stop (`stop_requested`): those go to `on_stop`."""
@@ -138,13 +141,19 @@ class AnswerRecorder:
             self.wake.set()
 
     async def run(self) -> None:
-        """Save growing answers every `save_seconds` and sweep dead ones, until cancelled."""
+        """Save growing answers every `save_seconds` and sweep dead ones, until cancelled.
+        An answer that begins after a quiet spell is saved at once; while answers keep
+        beginning, saves still come at most once every `save_seconds`: back to back, they
+        would hold the writer's lock from the questions arriving meanwhile."""
         await self.sweep()
+        period = self.save_seconds or self.stale_seconds / 2
         next_sweep = time.monotonic() + self.stale_seconds / 2
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.save_seconds or self.stale_seconds)
+            if not self.streaming:  # nothing to save until an answer begins
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), period)
             self.wake.clear()
+            began = time.monotonic()
             try:
                 await self.save()
                 if time.monotonic() >= next_sweep:
@@ -152,7 +161,8 @@ class AnswerRecorder:
                     await self.sweep()
             except Exception:  # the database is away: try again at the next turn
                 log.warning("saving streaming answers failed", exc_info=True)
-                await asyncio.sleep(self.save_seconds)
+            if self.streaming:  # the next save one period after this one began
+                await asyncio.sleep(max(0.0, began + period - time.monotonic()))
 
     async def save(self) -> None:
         """One transaction: new rows for answers that began, the text of those that grew
