@@ -23,6 +23,7 @@ from sqlalchemy.sql import Executable
 log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
+T = TypeVar("T")
 Rows = Mapping[Executable, Sequence[Mapping[str, Any]]]  # statement -> its parameters
 
 
@@ -56,7 +57,7 @@ class BatchWriter:
                     await self._commit([rows for rows, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - raised to the writer's caller
                     if len(batch) == 1:
-                        _settle(batch[0][1], exc)
+                        _settle(batch[0][1], error=exc)
                     else:  # find the write that failed it: each alone
                         log.warning("%d writes failed together (%s): each alone", len(batch), exc)
                         for rows, future in batch:
@@ -71,7 +72,7 @@ class BatchWriter:
         try:
             await self._commit([rows])
         except Exception as exc:  # noqa: BLE001 - raised to the writer's caller
-            _settle(future, exc)
+            _settle(future, error=exc)
         else:
             _settle(future)
 
@@ -83,13 +84,16 @@ class BatchWriter:
                     await connection.execute(statement, params)
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None = None) -> None:
-    if future.done():  # cancelled: nobody waits for it
+def _settle(
+    future: asyncio.Future[T | None], result: T | None = None, error: Exception | None = None
+) -> None:
+    """Hand a caller its result or error, unless it stopped waiting (cancelled)."""
+    if future.done():
         return
     if error is not None:
         future.set_exception(error)
     else:
-        future.set_result(None)
+        future.set_result(result)
 
 
 class BatchLoader(Generic[Row]):
@@ -127,12 +131,10 @@ class BatchLoader(Generic[Row]):
                 except Exception as exc:  # noqa: BLE001 - raised to the loader's callers
                     for futures in batch.values():
                         for future in futures:
-                            if not future.done():
-                                future.set_exception(exc)
+                            _settle(future, error=exc)
                     continue
                 for id_, futures in batch.items():
                     for future in futures:
-                        if not future.done():
-                            future.set_result(rows.get(id_))
+                        _settle(future, rows.get(id_))
         finally:
             self._task = None

@@ -212,10 +212,8 @@ class AnswerRecorder:
                     log.info("conversation %s was deleted mid-answer", answer.conversation_id)
                     self.streaming.pop(message_id, None)
                     self.saved.pop(message_id, None)
-            if active:  # the conversations that got a new answer are active now
-                await connection.execute(
-                    update(Conversation).where(Conversation.id.in_(active)).values(updated_at=now)
-                )
+            if active:
+                await connection.execute(_ACTIVE, [_activity(c, now) for c in active])
             await connection.commit()
         if self.on_stop is not None:
             for message_id, stop in alive.items():
@@ -287,7 +285,7 @@ class AnswerRecorder:
             await self.writer.write(
                 {
                     _NEW_MESSAGE: [_answer_row(answer, instance=self.instance, **values)],
-                    _ACTIVE: [{"conversation_id": answer.conversation_id, "new_updated_at": now}],
+                    _ACTIVE: [_activity(answer.conversation_id, now)],
                 }
             )
         return message
@@ -319,7 +317,7 @@ class AnswerRecorder:
             ]
         }
         if title is None:
-            rows[_ACTIVE] = [{"conversation_id": conversation_id, "new_updated_at": now}]
+            rows[_ACTIVE] = [_activity(conversation_id, now)]
         else:
             conversation = {"id": conversation_id, "user_id": user_id, "title": title}
             rows[_NEW_CONVERSATION] = [{**conversation, "created_at": now, "updated_at": now}]
@@ -409,6 +407,13 @@ _ACTIVE = (
     .where(_CONVERSATIONS.c.id == bindparam("conversation_id"))
     .values(updated_at=bindparam("new_updated_at", type_=_CONVERSATIONS.c.updated_at.type))
 )
+
+
+def _activity(conversation_id: str, now: datetime) -> dict[str, Any]:
+    """The parameters of `_ACTIVE`."""
+    return {"conversation_id": conversation_id, "new_updated_at": now}
+
+
 _WRITES = (_NEW_CONVERSATION, _NEW_MESSAGE, _ENDED, _ACTIVE)  # the writer's, in this order
 
 
