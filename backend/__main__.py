@@ -15,8 +15,8 @@ from typing import Any
 
 import uvicorn
 
-from backend.logs import configure as configure_logging
-from backend.settings import Settings, settings_or_exit
+from backend.common.logs import configure as configure_logging
+from backend.common.settings import Settings, settings_or_exit
 
 
 def worker_count(settings: Settings) -> int:
@@ -32,18 +32,18 @@ def main() -> None:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "proxy_headers": False,  # X-Forwarded-For only from TRUSTED_PROXIES (backend.app)
-        "log_config": None,  # ours (backend.logs), set above
+        "proxy_headers": False,  # X-Forwarded-For only from TRUSTED_PROXIES (backend.api.app)
+        "log_config": None,  # ours (backend.common.logs), set above
     }
     workers = worker_count(settings)
     if workers == 1:
-        from backend.app import create_app
+        from backend.api.app import create_app
 
         uvicorn.run(create_app(settings), **serving)
         return
 
-    from backend.components import open_database
     from backend.llm.host import shared_local_model
+    from backend.services.components import open_database
 
     async def migrate() -> None:
         engine = await open_database(settings)  # migrations run here, once
@@ -51,7 +51,7 @@ def main() -> None:
 
     asyncio.run(migrate())
     with shared_local_model(settings):  # sets LOCAL_MODEL_URL for the workers
-        uvicorn.run("backend.app:create_worker_app", factory=True, workers=workers, **serving)
+        uvicorn.run("backend.api.app:create_worker_app", factory=True, workers=workers, **serving)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pydantic import SecretStr
 
-from backend.components import build_documents, open_database
+from backend.api.schemas import DocumentIn
+from backend.cli.sources import batches, jsonl_documents
+from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.engine import session_factory
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.embeddings import build_embeddings
-from backend.schemas import DocumentIn
+from backend.services.components import build_documents, open_database
 from backend.services.ingestion import contextual_texts
-from backend.settings import Settings
-from backend.sources import batches, jsonl_documents
 
 
 async def ingest(
@@ -54,7 +54,7 @@ async def ingest(
         started = time.perf_counter()
         todo: Any = batches(iter(documents), batch_size)
         if ray:
-            from backend.bulk import RayEmbedded, import_ray
+            from backend.cli.bulk import RayEmbedded, import_ray
 
             import_ray().init(num_cpus=ray, include_dashboard=False, log_to_driver=False)
             embedded = RayEmbedded()

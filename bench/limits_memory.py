@@ -18,8 +18,8 @@ import time
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from backend.common.settings import parse_limit
 from backend.services.limits import PrunedMemoryStorage
-from backend.settings import parse_limit
 
 
 async def per_request(storage: MemoryStorage, users: int, hits: int) -> float:

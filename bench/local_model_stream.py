@@ -19,7 +19,7 @@ from httpx_sse import aconnect_sse
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from backend.app import create_app
+from backend.api.app import create_app
 from backend.llm.local import build_local_model
 from backend.services.prompt import build_prompt
 from tests.helpers import fake_embeddings, live_server, make_settings, register

@@ -121,8 +121,8 @@ def main() -> None:
     print(f"hybrid (alpha 0.5) + metadata filter, top 10, {os.cpu_count()} cores; search only:")
     for n in (int(s) for s in args.sizes.split(",")):
         asyncio.run(bench(n, args.queries, rng))
+    from backend.common.settings import Settings
     from backend.retrieval.embeddings import build_embeddings
-    from backend.settings import Settings
 
     embeddings, _ = build_embeddings(Settings(_env_file=None))
     embeddings.embed_query("warm up")

@@ -26,10 +26,10 @@ from langchain_core.outputs import ChatGenerationChunk
 from pydantic import Field
 from starlette.applications import Starlette
 
-from backend.app import create_app
+from backend.api.app import create_app
+from backend.common.settings import Settings
 from backend.llm import ChatModelHandle
 from backend.retrieval.store import VectorStore
-from backend.settings import Settings
 
 T = TypeVar("T")
 

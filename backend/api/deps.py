@@ -12,13 +12,18 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.components import Components
+from backend.common.errors import NotAuthenticated
+from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.models import User
-from backend.errors import NotAuthenticated
-from backend.security import API_KEY_PREFIX, InvalidToken, decode_access_token, hash_api_key
 from backend.services.chat import ChatService
-from backend.settings import Settings
+from backend.services.components import Components
+from backend.services.security import (
+    API_KEY_PREFIX,
+    InvalidToken,
+    decode_access_token,
+    hash_api_key,
+)
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from backend.errors import (
+from backend.common.errors import (
     Busy,
     Conflict,
     Forbidden,

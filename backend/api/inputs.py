@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from backend.errors import InvalidInput
+from backend.common.errors import InvalidInput
 
 MAX_OFFSET = 1_000_000_000  # past any real listing; larger numbers overflow the database
 

@@ -16,9 +16,9 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from backend.components import Components
+from backend.common.settings import Settings
+from backend.services.components import Components
 from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
-from backend.settings import Settings
 
 PING = b": ping\n\n"
 _json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(…, ensure_ascii=False)

@@ -11,17 +11,9 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from backend.common.settings import async_driver_url
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-def async_driver_url(url: str) -> str:
-    """`url` with the async driver we ship; accepts the plain URLs hosting platforms hand out."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    return url
 
 
 def create_engine(url: str) -> AsyncEngine:

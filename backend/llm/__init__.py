@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import os
 
+from backend.common.settings import ModelSpec, Settings
 from backend.llm.base import ChatModelHandle, approximate_token_count
 from backend.llm.catalog import ModelCatalog, UnknownModel
-from backend.settings import ModelSpec, Settings
 
 __all__ = [
     "ChatModelHandle",

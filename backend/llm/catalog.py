@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from backend.common.settings import Settings
 from backend.llm.base import ChatModelHandle
-from backend.settings import Settings
 
 
 class UnknownModel(LookupError):

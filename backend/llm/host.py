@@ -32,10 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from backend.errors import ModelBusy
+from backend.common.errors import ModelBusy
+from backend.common.settings import Settings
 from backend.llm import LOCAL_MODEL_URL, ChatModelHandle
 from backend.llm.wire import PARAMS, Delta
-from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,8 @@ def shared_local_model(settings: Settings) -> Iterator[None]:
 def main() -> None:
     import uvicorn
 
-    from backend.logs import configure as configure_logging
-    from backend.settings import settings_or_exit
+    from backend.common.logs import configure as configure_logging
+    from backend.common.settings import settings_or_exit
 
     settings = settings_or_exit()
     configure_logging(

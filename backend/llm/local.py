@@ -20,9 +20,9 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import PrivateAttr
 
+from backend.common.settings import ModelSpec, Settings
 from backend.llm.base import ChatModelHandle
 from backend.llm.queue import ModelQueue
-from backend.settings import ModelSpec, Settings
 
 log = logging.getLogger(__name__)
 

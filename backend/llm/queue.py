@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from backend.errors import ModelBusy
+from backend.common.errors import ModelBusy
 
 OnQueued = Callable[[int], None]
 

@@ -13,9 +13,9 @@ import httpx
 from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
 from langchain_openai import ChatOpenAI
 
+from backend.common.settings import ModelSpec, Settings, reveal
 from backend.llm.base import ChatModelHandle
 from backend.llm.wire import ChatWire
-from backend.settings import ModelSpec, Settings, reveal
 
 log = logging.getLogger(__name__)
 

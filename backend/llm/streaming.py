@@ -17,11 +17,11 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from backend.common.settings import Settings
 from backend.llm.base import ChatModelHandle
 from backend.llm.errors import ModelFailure, classify
 from backend.llm.queue import OnQueued
 from backend.llm.wire import Delta
-from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

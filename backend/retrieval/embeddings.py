@@ -9,7 +9,7 @@ from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
 
-from backend.settings import Settings
+from backend.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

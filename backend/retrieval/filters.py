@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.errors import InvalidInput
+from backend.common.errors import InvalidInput
 
 COMPARISON = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"}
 LOGICAL = {"$and", "$or"}

@@ -27,11 +27,11 @@ from sqlalchemy import Insert, Table, bindparam, exists, func, insert, select, u
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 
+from backend.common.metrics import Metrics
 from backend.db.batch import BatchWriter
 from backend.db.models import Conversation, Message, utcnow
 from backend.llm import ChatModelHandle
 from backend.llm.wire import Delta
-from backend.metrics import Metrics
 from backend.services.limits import Limits
 
 log = logging.getLogger(__name__)

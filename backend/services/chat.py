@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.common.errors import InvalidInput, NotFound, UpstreamFailed
+from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.models import Message, User, new_id, utcnow
-from backend.errors import InvalidInput, NotFound, UpstreamFailed
 from backend.llm import ChatModelHandle, ModelCatalog
 from backend.llm.errors import ModelFailure
 from backend.llm.queue import OnQueued
@@ -25,7 +26,6 @@ from backend.services.answers import Answer, AnswerRecorder
 from backend.services.documents import DocumentService
 from backend.services.prompt import BuiltPrompt, build_prompt, check_fits, history_messages
 from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
-from backend.settings import Settings
 
 if TYPE_CHECKING:
     from backend.services.relay import Relay

@@ -18,15 +18,23 @@ from typing import Any, Literal
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.api.schemas import DocumentIn
+from backend.common.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
+from backend.common.metrics import Metrics
+from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.models import Document, User, utcnow
-from backend.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError, Unavailable
-from backend.metrics import Metrics
 from backend.retrieval.bm25 import CorpusDelta
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.filters import checked_filter
 from backend.retrieval.retriever import GroupBy, HybridRetriever, SearchResult
-from backend.schemas import DocumentIn
 from backend.services.ingestion import (
     Identity,
     Preparation,
@@ -36,7 +44,6 @@ from backend.services.ingestion import (
     stored_chunk_ids,
 )
 from backend.services.turns import Scope
-from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

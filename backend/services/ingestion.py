@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.api.schemas import DocumentIn
+from backend.common.errors import InvalidInput
 from backend.db.models import Document
-from backend.errors import InvalidInput
 from backend.retrieval.bm25 import BM25Encoder, CorpusDelta, TermCounts
 from backend.retrieval.chunking import Chunk
 from backend.retrieval.retriever import DOCUMENT_KEY, TEXT_KEY
 from backend.retrieval.store import Record
-from backend.schemas import DocumentIn
 
 RESERVED_KEYS = frozenset({TEXT_KEY, DOCUMENT_KEY, "chunk_index", "chunk_start", "source"})
 MAX_METADATA_BYTES = 8_192  # per document; each chunk adds its text (Pinecone: 40 KB a record)

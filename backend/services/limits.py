@@ -21,9 +21,9 @@ from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from backend.common.errors import TooManyRequests
+from backend.common.settings import Settings, parse_limit, reveal
 from backend.db.models import User
-from backend.errors import TooManyRequests
-from backend.settings import Settings, parse_limit, reveal
 
 
 class PrunedMemoryStorage(MemoryStorage):

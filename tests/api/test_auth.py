@@ -10,7 +10,7 @@ import pytest
 
 from backend.db import repository
 from backend.db.engine import create_engine, session_factory
-from backend.security import create_access_token
+from backend.services.security import create_access_token
 from tests.helpers import LiveServer, register
 
 

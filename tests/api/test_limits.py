@@ -14,10 +14,10 @@ import pytest
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from backend import cli
+from backend.common.settings import parse_limit
 from backend.db import repository
 from backend.llm import ChatModelHandle
 from backend.services import limits as limits_module
-from backend.settings import parse_limit
 from tests.helpers import (
     LiveServer,
     Serve,

@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from backend.logs import JsonFormatter, configure, request_id
+from backend.common.logs import JsonFormatter, configure, request_id
 from tests.helpers import LiveServer, register, stream_chat
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend.settings import Settings, reveal, secret_settings
+from backend.common.settings import Settings, reveal, secret_settings
 from tests.deploy.test_deploy import ROOT, dockerfile, tool
 
 COMPOSE = ROOT / "docker-compose.yml"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from backend.settings import Settings
+from backend.common.settings import Settings
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

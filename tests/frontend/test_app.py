@@ -10,8 +10,8 @@ import pytest
 from httpx_sse import connect_sse
 from streamlit.testing.v1 import AppTest
 
+from backend.common.settings import Settings
 from backend.llm import ChatModelHandle
-from backend.settings import Settings
 from frontend.client import BackendError
 from tests.helpers import LiveServer, Serve, fake_model, ingest, register
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from backend.errors import ModelBusy
+from backend.common.errors import ModelBusy
 from backend.llm import ChatModelHandle
 from backend.llm.queue import ModelQueue
 from tests.helpers import (

@@ -3,9 +3,9 @@ document."""
 
 from __future__ import annotations
 
+from backend.api.schemas import DocumentIn
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.retriever import Passage, group_by_document
-from backend.schemas import DocumentIn
 from backend.services.ingestion import contextual_texts
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.evaluation import evaluate, read_split
+from backend.cli.evaluation import evaluate, read_split
 
 DATASET = Path(
     os.environ.get(

@@ -10,8 +10,8 @@ from unittest.mock import create_autospec
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from backend.common.errors import InvalidInput
 from backend.db.models import Message, User
-from backend.errors import InvalidInput
 from backend.llm import ModelCatalog, UnknownModel
 from backend.retrieval.retriever import Passage, SearchResult
 from backend.services.answers import Answer, AnswerRecorder

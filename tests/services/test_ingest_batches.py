@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.components import build_documents, open_database
+from backend.api.schemas import DocumentIn
 from backend.db import repository
 from backend.db.engine import session_factory
 from backend.db.models import User
-from backend.schemas import DocumentIn
+from backend.services.components import build_documents, open_database
 from backend.services.documents import DocumentService
 from tests.helpers import fake_embeddings, make_settings
 

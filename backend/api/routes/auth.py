@@ -6,9 +6,7 @@ from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from backend.api.deps import ClientAddress, ComponentsDep, CurrentUser, SessionDep
-from backend.db import repository
-from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound
-from backend.schemas import (
+from backend.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
@@ -18,7 +16,9 @@ from backend.schemas import (
     UserCreate,
     UserPublic,
 )
-from backend.security import (
+from backend.common.errors import Conflict, Forbidden, NotAuthenticated, NotFound
+from backend.db import repository
+from backend.services.security import (
     create_access_token,
     hash_api_key,
     hash_password,

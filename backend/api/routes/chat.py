@@ -3,9 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from backend.api.deps import AnsweringUser, ComponentsDep
+from backend.api.schemas import ChatRequest, ChatResponse, MessagePublic
 from backend.api.sse import EventStream, relayed_response
 from backend.db.models import User
-from backend.schemas import ChatRequest, ChatResponse, MessagePublic
 from backend.services.chat import ChatService
 from backend.services.turns import ChatTurn
 

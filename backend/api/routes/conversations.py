@@ -7,11 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.api.deps import AnsweringUser, ComponentsDep, CurrentUser, SessionDep
 from backend.api.inputs import MAX_OFFSET
-from backend.api.sse import EventStream, relayed_response, sse_response
-from backend.db import repository
-from backend.db.models import Conversation, Message, User
-from backend.errors import InvalidInput, NotFound
-from backend.schemas import (
+from backend.api.schemas import (
     ConversationCreate,
     ConversationDetail,
     ConversationPublic,
@@ -21,6 +17,10 @@ from backend.schemas import (
     FeedbackPublic,
     RegenerateRequest,
 )
+from backend.api.sse import EventStream, relayed_response, sse_response
+from backend.common.errors import InvalidInput, NotFound
+from backend.db import repository
+from backend.db.models import Conversation, Message, User
 from backend.services.relay import follow_stored
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])

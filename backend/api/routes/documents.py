@@ -7,10 +7,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
 from backend.api.deps import ComponentsDep, CurrentUser, LimitedUser, SettingsDep
 from backend.api.inputs import MAX_OFFSET
-from backend.db.models import Document
-from backend.errors import InvalidInput, PayloadTooLarge
-from backend.retrieval.extract import UnreadableFile, extract_text, kind_of
-from backend.schemas import (
+from backend.api.schemas import (
     DocumentIn,
     DocumentPublic,
     DocumentsIn,
@@ -21,6 +18,9 @@ from backend.schemas import (
     SearchResponse,
     SourcePublic,
 )
+from backend.common.errors import InvalidInput, PayloadTooLarge
+from backend.db.models import Document
+from backend.retrieval.extract import UnreadableFile, extract_text, kind_of
 from backend.services.documents import IngestResult, scope_of
 
 router = APIRouter(tags=["documents"])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import ComponentsDep, CurrentUser
-from backend.schemas import ModelInfo, ModelsPublic
+from backend.api.schemas import ModelInfo, ModelsPublic
 
 router = APIRouter(tags=["health"])
 

@@ -22,10 +22,10 @@ from backend.api.deps import (
     CurrentUser,
     SettingsDep,
 )
+from backend.api.schemas import GenerationOptions
 from backend.api.sse import EventStream, data_frame
+from backend.common.errors import InvalidInput, NotFound
 from backend.db.models import Message
-from backend.errors import InvalidInput, NotFound
-from backend.schemas import GenerationOptions
 from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
 
 router = APIRouter(prefix="/v1", tags=["openai"])

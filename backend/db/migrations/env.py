@@ -24,8 +24,8 @@ def _run(connection: Connection) -> None:
 
 
 def _run_from_settings() -> None:
+    from backend.common.settings import get_settings
     from backend.db.engine import create_engine
-    from backend.settings import get_settings
 
     async def run() -> None:
         engine = create_engine(get_settings().resolved_database_url)

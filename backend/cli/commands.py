@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from backend.sources import batches, iter_documents
+from backend.cli.sources import batches, iter_documents
 
 log = logging.getLogger("backend.cli")
 
@@ -34,16 +34,16 @@ log = logging.getLogger("backend.cli")
 async def _ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.components import build_documents, open_database
+    from backend.api.schemas import DocumentIn
+    from backend.common.settings import settings_or_exit
     from backend.db import repository
     from backend.db.engine import session_factory
-    from backend.schemas import DocumentIn
+    from backend.services.components import build_documents, open_database
     from backend.services.ingestion import Identity
-    from backend.settings import settings_or_exit
 
     settings = settings_or_exit()
     if args.ray:
-        from backend.bulk import import_ray
+        from backend.cli.bulk import import_ray
 
         import_ray()  # says how to install it, before any work
     engine = await open_database(settings)
@@ -64,7 +64,7 @@ async def _ingest(args: argparse.Namespace) -> int:
         todo: Iterable[list[DocumentIn]] = batches(iter_documents(args.paths), args.batch_size)
         embed = None
         if args.ray:
-            from backend.bulk import RayEmbedded
+            from backend.cli.bulk import RayEmbedded
 
             everything = list(iter_documents(args.paths))
             skip = await documents.unchanged(user=user, documents=everything, scope=args.namespace)
@@ -104,7 +104,7 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 
 async def _eval(args: argparse.Namespace) -> int:
-    from backend.evaluation import evaluate, parse_fusions, print_report
+    from backend.cli.evaluation import evaluate, parse_fusions, print_report
 
     report = await evaluate(
         args.dataset,
@@ -128,12 +128,12 @@ async def _users(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from backend.components import open_database
+    from backend.api.schemas import UserCreate
+    from backend.common.settings import settings_or_exit
     from backend.db import repository
     from backend.db.engine import session_factory
-    from backend.schemas import UserCreate
-    from backend.security import hash_password
-    from backend.settings import settings_or_exit
+    from backend.services.components import open_database
+    from backend.services.security import hash_password
 
     engine = await open_database(settings_or_exit())
     try:
@@ -241,7 +241,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     runners = {"ingest": _ingest, "eval": _eval, "users": _users}
     return asyncio.run(runners[args.command](args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

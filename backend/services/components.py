@@ -11,11 +11,12 @@ from langchain_core.embeddings import Embeddings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backend.common.metrics import Metrics
+from backend.common.settings import Settings, reveal
 from backend.db.batch import BatchLoader
 from backend.db.engine import create_engine, migrate, session_factory
 from backend.db.models import User
 from backend.llm import ChatModelHandle, ModelCatalog, build_models
-from backend.metrics import Metrics
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
@@ -24,7 +25,6 @@ from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
 from backend.services.limits import Limits
 from backend.services.relay import Relay
-from backend.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.api.schemas import DocumentIn
 from backend.retrieval.extract import SUPPORTED, UnreadableFile, extract_text, kind_of
-from backend.schemas import DocumentIn
 
 log = logging.getLogger(__name__)
 

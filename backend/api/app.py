@@ -13,13 +13,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.api.errors import install_error_handlers
 from backend.api.inputs import storable_text_only
+from backend.api.middleware import RequestContextMiddleware
 from backend.api.routes import auth, chat, conversations, documents, health, openai
-from backend.components import build_components
+from backend.common.metrics import Metrics
+from backend.common.settings import Settings, get_settings
 from backend.llm import ChatModelHandle
-from backend.metrics import Metrics
-from backend.middleware import RequestContextMiddleware
 from backend.retrieval.store import VectorStore
-from backend.settings import Settings, get_settings
+from backend.services.components import build_components
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,9 @@ def create_app(
 
 def create_worker_app() -> FastAPI:
     """The app of one of `python -m backend`'s worker processes (uvicorn's factory)."""
+    from backend.common.logs import configure as configure_logging
+    from backend.common.settings import settings_or_exit
     from backend.llm.host import die_with_parent
-    from backend.logs import configure as configure_logging
-    from backend.settings import settings_or_exit
 
     die_with_parent()
     settings = settings_or_exit()

@@ -9,8 +9,8 @@ import time
 import uuid
 from typing import Any
 
-from backend.logs import request_id
-from backend.metrics import Metrics
+from backend.common.logs import request_id
+from backend.common.metrics import Metrics
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from backend.cli import main
-from backend.components import build_documents, open_database
+from backend.cli.sources import batches, iter_documents
+from backend.common.settings import get_settings
 from backend.db import repository
 from backend.db.engine import session_factory
-from backend.settings import get_settings
-from backend.sources import batches, iter_documents
-from tests.test_cli import _add_user
+from backend.services.components import build_documents, open_database
+from tests.cli.test_cli import _add_user
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
 

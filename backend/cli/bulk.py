@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from backend.api.schemas import DocumentIn
 from backend.retrieval.chunking import chunk_text
-from backend.schemas import DocumentIn
 from backend.services.ingestion import contextual_texts
 
 RAY_MISSING = "--ray needs Ray: `.venv/bin/pip install -r requirements-ray.txt`"
@@ -51,8 +51,8 @@ class _Embedder:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        from backend.common.settings import Settings
         from backend.retrieval.embeddings import build_embeddings
-        from backend.settings import Settings
 
         self.embeddings, _ = build_embeddings(Settings(_env_file=None, **settings))
 

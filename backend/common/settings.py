@@ -54,6 +54,16 @@ class ModelSpec(BaseModel):
         return self.model or self.base_url or self.provider
 
 
+def async_driver_url(url: str) -> str:
+    """`url` with the async driver we ship; accepts the plain URLs hosting platforms hand out."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
 class Settings(BaseSettings):
     """The one validated settings object; reach it through `get_settings()`."""
 
@@ -398,8 +408,6 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        from backend.db.engine import async_driver_url
-
         return async_driver_url(
             reveal(self.database_url) or f"sqlite+aiosqlite:///{self.data_dir / 'ragstream.db'}"
         )

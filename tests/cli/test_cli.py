@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from backend.cli import main
-from backend.components import open_database
+from backend.common.settings import get_settings
 from backend.db import repository
 from backend.db.engine import session_factory
-from backend.settings import get_settings
+from backend.services.components import open_database
 
 
 async def _add_user(username: str) -> None:

@@ -20,9 +20,9 @@ from typing import Any, get_args
 from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
 
+from backend.cli.sources import batches, jsonl_documents
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.retriever import Fusion, HybridRetriever
-from backend.sources import batches, jsonl_documents
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ async def evaluate(
 ) -> dict[str, Any]:
     """Ingest the dataset into a fresh embedded store (once per `contextual` choice) and
     score every configuration, with results grouped by document and not."""
+    from backend.common.settings import Settings
     from backend.retrieval.embeddings import build_embeddings
-    from backend.settings import Settings
 
     qrels = read_split(dataset, split)
     queries = {}
@@ -206,10 +206,10 @@ async def _measure(
     fusions: Sequence[Fusion],
     quiet: bool,
 ) -> dict[str, Any]:
-    from backend.components import build_documents, open_database
     from backend.db import repository
     from backend.db.engine import session_factory
     from backend.retrieval.filters import matches
+    from backend.services.components import build_documents, open_database
 
     engine = await open_database(settings)
     sessions = session_factory(engine)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from backend.settings import (
+from backend.common.settings import (
     DEFAULT_SECRET_KEY,
     SecretFileError,
     Settings,
@@ -70,7 +70,7 @@ def test_env_example_lists_every_setting() -> None:
     import re
     from pathlib import Path
 
-    example = (Path(__file__).parent.parent / ".env.example").read_text()
+    example = (Path(__file__).parents[2] / ".env.example").read_text()
     listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, flags=re.MULTILINE))
     assert listed == {name.upper() for name in Settings.model_fields}
 

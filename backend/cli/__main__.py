@@ -1,0 +1,3 @@
+from backend.cli.commands import main
+
+raise SystemExit(main())
