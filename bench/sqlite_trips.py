@@ -26,9 +26,9 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.orm import Session
 
 from backend.db import repository
+from backend.db.answers import AnswerWrites
 from backend.db.engine import create_engine, session_factory
 from backend.db.models import Base, User, new_id
-from backend.services.answers import AnswerRecorder
 
 
 def per_call(calls: int, run: Callable[[], object]) -> float:
@@ -60,10 +60,10 @@ async def through_the_engine(path: Path, calls: int) -> tuple[str, dict[str, flo
         async with sessions() as session:
             await repository.get_user(session=session, user_id=user.id)
 
-    recorder = AnswerRecorder(sessions=sessions)
+    writes = AnswerWrites(engine)
 
     async def write_question() -> None:
-        await recorder.question(
+        await writes.question(
             user_id=user.id,
             conversation_id=new_id(),
             message_id=new_id(),

@@ -16,6 +16,7 @@ from backend.common.errors import NotAuthenticated
 from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.models import User
+from backend.llm import ModelCatalog
 from backend.services.chat import ChatService
 from backend.services.components import Components
 from backend.services.security import (
@@ -114,3 +115,10 @@ async def get_chat_service(components: ComponentsDep) -> ChatService:
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+async def get_models(components: ComponentsDep) -> ModelCatalog:
+    return components.models
+
+
+ModelsDep = Annotated[ModelCatalog, Depends(get_models)]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backend.services.answer import Answer
 from backend.services.turns import ChatOptions, RetrievalOptions
 
 
@@ -106,6 +107,24 @@ class MessagePublic(BaseModel):
     sources: list[dict[str, Any]] | None
     created_at: datetime
     feedback: FeedbackPublic | None = None
+
+    @classmethod
+    def of_answer(cls, answer: Answer) -> MessagePublic:
+        """An answer that just ended, as its row now holds it."""
+        return cls(
+            id=answer.message_id,
+            parent_id=answer.parent_id,
+            role="assistant",
+            content=answer.text,
+            status=answer.status.value,
+            model=answer.model,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            timings=answer.timings,
+            sources=answer.sources,
+            created_at=answer.created_at,
+        )
 
 
 class ConversationDetail(ConversationPublic):

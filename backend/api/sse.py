@@ -17,19 +17,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from backend.common.settings import Settings
-from backend.services.components import Components
-from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
+from backend.services.events import AnswerEvent
 
 PING = b": ping\n\n"
 _json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(…, ensure_ascii=False)
 # would build an encoder for every event
 
 
-def event_frame(event: ChatEvent) -> bytes:
+def event_frame(event: AnswerEvent) -> bytes:
     """`id: …` (when it has one), `event: …` and `data: <json>` (JSON has no newlines)."""
     lines = "" if event.id is None else f"id: {event.id}\n"
-    lines += f"event: {event.event}\n"
-    return (lines + "data: " + _json(event.data) + "\n\n").encode()
+    lines += f"event: {event.name}\n"
+    return (lines + "data: " + _json(event.data()) + "\n\n").encode()
 
 
 def data_frame(data: str) -> bytes:
@@ -103,21 +102,9 @@ class EventStream(Response):
             seen = self.sent
 
 
-def relayed_response(components: Components, turn: ChatTurn, options: ChatOptions) -> EventStream:
-    """Generate the turn's answer in the relay and stream it to this reader."""
-    settings = components.settings
-    answer = components.relay.start(
-        components.chat_service.answer(turn),
-        message_id=turn.assistant_message_id,
-        user_id=turn.user.id,
-        on_disconnect=options.on_disconnect or settings.stream_disconnect,
-    )
-    return sse_response(answer.follow(), settings)
-
-
-def sse_response(events: AsyncIterator[ChatEvent], settings: Settings) -> EventStream:
+def sse_response(events: AsyncIterator[AnswerEvent], settings: Settings) -> EventStream:
     """`events` as Server-Sent Events, with keep-alive pings."""
     return EventStream(events, encode=event_frame, ping_seconds=settings.sse_ping_seconds)
 
 
-__all__ = ["EventStream", "data_frame", "event_frame", "relayed_response", "sse_response"]
+__all__ = ["EventStream", "data_frame", "event_frame", "sse_response"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -29,6 +30,17 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class MessageStatus(StrEnum):
+    """A message's `status`. A question is `complete` from the start; an answer is
+    `streaming` while it is generated, then `complete`, `error` (the model failed: its text
+    so far is kept) or `interrupted` (stopped, or its writer died)."""
+
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -106,7 +118,7 @@ class Message(Base):
     seq: Mapped[int] = mapped_column(Integer, default=0)
     role: Mapped[str] = mapped_column(String(16))  # user | assistant
     content: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(16), default="complete")
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.COMPLETE.value)
     model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -116,7 +128,7 @@ class Message(Base):
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # While an answer streams (status `streaming`): the replica writing it and its last
-    # save, the heartbeat that the sweep reads (services/answers.py), and whether a
+    # save, the heartbeat that the sweep reads (db/answers.py), and whether a
     # replica other than the writer was asked to stop it (the writer reads it as it saves).
     instance: Mapped[str | None] = mapped_column(String(200), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from backend.db.answers import NEW_MESSAGE, message_row
 from backend.db.models import (
     ApiKey,
     Bm25Stats,
@@ -21,6 +22,7 @@ from backend.db.models import (
     Document,
     Feedback,
     Message,
+    MessageStatus,
     User,
     new_id,
     utcnow,
@@ -115,32 +117,27 @@ async def add_message(
     parent_id: str | None,
     message_id: str | None = None,
     created_at: datetime | None = None,
+    status: str = MessageStatus.COMPLETE,
     **fields: Any,
 ) -> Message:
-    """Append a message and mark the conversation as active now. A conversation not yet
-    written has no messages: its first is numbered without asking the database."""
-    seq: int | None = 0
-    if conversation not in session.new:
-        seq = await session.scalar(
-            select(func.coalesce(func.max(Message.seq), 0)).where(
-                Message.conversation_id == conversation.id
-            )
-        )
-    message = Message(
+    """Append a message and mark the conversation as active now: the statement the
+    service's own writes run (`db/answers.py`), numbered after the conversation's last."""
+    message_id = message_id or new_id()
+    row = message_row(
+        id=message_id,
         conversation_id=conversation.id,
         role=role,
         content=content,
         parent_id=parent_id,
-        seq=(seq or 0) + 1,
+        status=str(status),
         created_at=created_at or utcnow(),
-        feedback=None,  # known empty: reading it later needs no database round trip
-        **({"id": message_id} if message_id else {}),
         **fields,
     )
-    session.add(message)
-    if conversation not in session.new:
-        conversation.updated_at = utcnow()
+    await session.execute(NEW_MESSAGE, row)
+    conversation.updated_at = utcnow()
     await session.flush()
+    message = await session.get(Message, message_id)
+    assert message is not None, "its conversation was deleted meanwhile"
     return message
 
 
@@ -308,7 +305,7 @@ async def request_stop(*, session: AsyncSession, message: Message) -> bool:
     request at its next save). False if the answer has ended meanwhile."""
     result = await session.execute(
         update(Message)
-        .where(Message.id == message.id, Message.status == "streaming")
+        .where(Message.id == message.id, Message.status == MessageStatus.STREAMING)
         .values(stop_requested=True)
         .execution_options(synchronize_session=False)
     )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.common.metrics import Metrics
 from backend.common.settings import Settings, reveal
+from backend.db.answers import AnswerWrites
 from backend.db.batch import BatchLoader
 from backend.db.engine import create_engine, migrate, session_factory
 from backend.db.models import User
@@ -20,10 +21,12 @@ from backend.llm import ChatModelHandle, ModelCatalog, build_models
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
-from backend.services.answers import AnswerRecorder
+from backend.services.answer import AnswerMetrics
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
-from backend.services.limits import Limits
+from backend.services.limits import Limits, TokenQuota
+from backend.services.pipeline import AnswerPipeline
+from backend.services.recorder import AnswerRecorder
 from backend.services.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -166,15 +169,16 @@ async def build_components(
     )
     limits = Limits(settings)
     relay = Relay()
+    writes = AnswerWrites(engine)
     recorder = AnswerRecorder(
-        sessions=sessions,
-        metrics=metrics,
-        limits=limits,
-        instance=settings.instance_name,
+        writes,
         save_seconds=settings.stream_save_seconds,
         stale_seconds=settings.stream_stale_seconds,
         on_stop=relay.stop,
     )
+    # Told of every answer's end, in this order (and its readers after them all).
+    observers = [AnswerMetrics(metrics), TokenQuota(limits), recorder]
+    pipeline = AnswerPipeline(settings=settings, documents=documents, observers=observers)
     return Components(
         settings=settings,
         engine=engine,
@@ -187,8 +191,9 @@ async def build_components(
             settings=settings,
             sessions=sessions,
             models=catalog,
-            documents=documents,
-            recorder=recorder,
+            pipeline=pipeline,
+            relay=relay,
+            writes=writes,
         ),
         recorder=recorder,
         relay=relay,

@@ -24,6 +24,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from backend.common.errors import TooManyRequests
 from backend.common.settings import Settings, parse_limit, reveal
 from backend.db.models import User
+from backend.services.answer import Answer, AnswerObserver
 
 
 class PrunedMemoryStorage(MemoryStorage):
@@ -128,6 +129,18 @@ class Limits:
         if tokens > 0:
             _, wait = _next_midnight()
             await self.storage.incr(_day_key(user_id), wait + 60, amount=tokens)
+
+
+class TokenQuota(AnswerObserver):
+    """Each ended answer's tokens (prompt + answer) spent from its user's day, whether or
+    not the answer is stored."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    async def ended(self, answer: Answer) -> None:
+        spent = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
+        await self.limits.spend_tokens(answer.user_id, spent)
 
 
 def _day_key(user_id: str) -> str:

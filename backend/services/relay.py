@@ -1,13 +1,14 @@
 """The streaming loop: between an answer being generated and the readers of its events.
 
-`Relay.start` runs an answer's events (`ChatService.answer(turn)`) in a task of its own and
-keeps them in an `AnswerLog`. A reader follows a log from a position; each time it is ready
-to send, it gets everything that queued up since as one event: token deltas concatenated,
-so a slow reader makes fewer, larger writes and never loses or reorders a character.
+`Relay.start` runs the work that writes an `Answer` (the pipeline) in a task of its own. A
+reader follows the answer from a position (`Relay.follow`); each time it is ready to send,
+it gets everything that queued up since as one `token` event: deltas concatenated, so a
+slow reader makes fewer, larger writes and never loses or reorders a character.
 
 A `token` event's id (and the last event's) is the number of answer characters up to its
 end, so `Last-Event-ID` says exactly what a reader has, and `GET /messages/{id}/stream`
-resumes from there: from the log while this process holds it, else from the database.
+resumes from there: from the answer while this process holds it, else from its row
+(`follow_stored`).
 
 What a disconnect means is the answer's own: `stop` cancels it when its last reader leaves
 (the text so far is kept as `interrupted`); `finish` lets it complete, for a later resume.
@@ -22,91 +23,31 @@ its next save (`AnswerRecorder`) and answers with `Relay.stop`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import repository
-from backend.db.models import Message
-from backend.services.chat import end_event
-from backend.services.turns import ChatEvent, OnDisconnect
+from backend.db.models import MessageStatus
+from backend.services.answer import Answer
+from backend.services.events import AnswerEvent, Error, Status, Token
+from backend.services.turns import OnDisconnect
 
 log = logging.getLogger(__name__)
 
 KEEP_ENDED_SECONDS = 60.0  # an ended answer stays resumable from memory this long
+FAILED = "The answer failed; please try again."
 
 
-class AnswerLog:
-    """One answer's events so far: the head (`meta`, `sources`), its text in parts, and
-    its last event once it ends."""
-
-    def __init__(self, *, message_id: str, user_id: str, on_disconnect: OnDisconnect) -> None:
-        self.message_id = message_id
-        self.user_id = user_id
-        self.on_disconnect = on_disconnect
-        self.head: list[ChatEvent] = []
-        self.parts: list[str] = []
-        self.length = 0
-        self.end: ChatEvent | None = None
-        self.task: asyncio.Task[None] | None = None
-        self._readers: set[asyncio.Event] = set()
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def put(self, event: ChatEvent) -> None:
-        if event.event == "token":
-            text = event.data["text"]
-            self.parts.append(text)
-            self.length += len(text)
-        elif event.event in ("done", "error"):
-            event.id = self.length
-            self.end = event
-        else:
-            self.head.append(event)
-        for wake in self._readers:
-            wake.set()
-
-    def stop(self) -> None:
-        """End the answer now; its text so far is kept as `interrupted`."""
-        if self.end is None and self.task is not None:
-            self.task.cancel()
-
-    async def follow(self, after: int = 0) -> AsyncGenerator[ChatEvent, None]:
-        """The events from character `after` on, live until the last one; what queued up
-        while the reader was busy comes as one `token` event."""
-        wake = asyncio.Event()
-        self._readers.add(wake)
-        try:
-            heads, parts = 0, 0
-            if after:  # a resumed reader: the head again, then the text it has not seen
-                parts, text = len(self.parts), self.text
-                while heads < len(self.head):
-                    heads += 1
-                    yield self.head[heads - 1]
-                if text[after:]:
-                    yield ChatEvent("token", {"text": text[after:]}, id=len(text))
-            while True:
-                wake.clear()
-                while heads < len(self.head):
-                    heads += 1
-                    yield self.head[heads - 1]
-                if parts < len(self.parts):
-                    queued = "".join(self.parts[parts:])
-                    parts = len(self.parts)
-                    yield ChatEvent("token", {"text": queued}, id=self.length)
-                    continue  # more may have come while that was being sent
-                if self.end is not None:
-                    yield self.end
-                    return
-                await wake.wait()
-        finally:
-            self._readers.discard(wake)
-            if not self._readers and self.on_disconnect == "stop":
-                self.stop()  # the last reader left: stop generating
+@dataclass
+class _Running:
+    answer: Answer
+    task: asyncio.Task[None]
+    on_disconnect: OnDisconnect
 
 
 class Relay:
@@ -114,71 +55,108 @@ class Relay:
     message id."""
 
     def __init__(self) -> None:
-        self.logs: dict[str, AnswerLog] = {}
+        self._answers: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: Counter[str] = Counter()  # user id -> answers being generated
 
-    def start(
-        self,
-        events: AsyncIterator[ChatEvent],
-        *,
-        message_id: str,
-        user_id: str,
-        on_disconnect: OnDisconnect,
-    ) -> AnswerLog:
-        answer = AnswerLog(message_id=message_id, user_id=user_id, on_disconnect=on_disconnect)
-        answer.task = asyncio.create_task(self._run(answer, events), name=f"answer {message_id}")
-        self._tasks.add(answer.task)
-        self.logs[message_id] = answer
-        self._running[user_id] += 1
-        answer.task.add_done_callback(lambda task: self._ended(task, user_id))
-        return answer
+    def start(self, answer: Answer, work: Awaitable[None], *, on_disconnect: OnDisconnect) -> None:
+        """Run `work`, which writes `answer` to its end, in a task of its own."""
+        task = asyncio.create_task(self._run(answer, work), name=f"answer {answer.message_id}")
+        self._tasks.add(task)
+        self._answers[answer.message_id] = _Running(answer, task, on_disconnect)
+        self._running[answer.user_id] += 1
+        task.add_done_callback(lambda task: self._ended(task, answer, work))
 
-    def _ended(self, task: asyncio.Task[None], user_id: str) -> None:
+    def _ended(self, task: asyncio.Task[None], answer: Answer, work: Awaitable[None]) -> None:
         self._tasks.discard(task)
-        self._running[user_id] -= 1
-        if self._running[user_id] <= 0:
-            del self._running[user_id]
+        self._running[answer.user_id] -= 1
+        if self._running[answer.user_id] <= 0:
+            del self._running[answer.user_id]
+        if not answer.ended:  # cancelled before it ever ran
+            if inspect.iscoroutine(work):
+                work.close()
+            answer.interrupt()
+            answer.close()
+        asyncio.get_running_loop().call_later(
+            KEEP_ENDED_SECONDS, self._answers.pop, answer.message_id, None
+        )
+
+    async def complete(self, answer: Answer, work: Awaitable[None]) -> Answer:
+        """Run an answer that nobody streams to its end. Counted and stopped like a stream;
+        the caller leaving does not stop it."""
+        self.start(answer, work, on_disconnect="finish")
+        await asyncio.shield(self._answers[answer.message_id].task)
+        return answer
 
     def running(self, user_id: str) -> int:
         """How many of the user's answers this replica is generating (asked on every
         request: counted, not searched for among the answers kept for resuming)."""
         return self._running[user_id]
 
+    def find(self, message_id: str, user_id: str) -> Answer | None:
+        running = self._answers.get(message_id)
+        if running is None or running.answer.user_id != user_id:
+            return None
+        return running.answer
+
     def stop(self, message_id: str) -> None:
-        """Stop an answer of this process, if it still runs (asked through another one)."""
-        if (answer := self.logs.get(message_id)) is not None:
-            answer.stop()
+        """End an answer of this process now, if it still runs; its text so far is kept as
+        `interrupted` (asked through this process or another one)."""
+        running = self._answers.get(message_id)
+        if running is not None and not running.answer.ended:
+            running.task.cancel()
 
-    async def complete(
-        self, events: AsyncIterator[ChatEvent], *, message_id: str, user_id: str
-    ) -> ChatEvent:
-        """Run an answer that nobody streams to its end; returns its last event. Counted
-        and stopped like a stream; the caller leaving does not stop it."""
-        answer = self.start(events, message_id=message_id, user_id=user_id, on_disconnect="finish")
-        assert answer.task is not None
-        await asyncio.shield(answer.task)
-        assert answer.end is not None, "an answer always ends with `done` or `error`"
-        return answer.end
-
-    def find(self, message_id: str, user_id: str) -> AnswerLog | None:
-        answer = self.logs.get(message_id)
-        return answer if answer is not None and answer.user_id == user_id else None
-
-    async def _run(self, answer: AnswerLog, events: AsyncIterator[ChatEvent]) -> None:
+    async def follow(self, answer: Answer, after: int = 0) -> AsyncGenerator[AnswerEvent, None]:
+        """The answer's events from character `after` on, live until the last one; what
+        queued up while the reader was busy comes as one `token` event. A reader that comes
+        back (`after` > 0) gets the head again, then the text it has not seen."""
+        wake = answer.watch()
         try:
-            async for event in events:
-                answer.put(event)
+            heads, parts, position = 0, 0, None
+            if after:
+                heads, parts, text = len(answer.head), len(answer.parts), answer.text
+                for event in answer.head[:heads]:
+                    yield event
+                if text[after:]:
+                    yield Token(text[after:], id=len(text))
+            while True:
+                wake.clear()
+                if heads < len(answer.head):
+                    for event in answer.head[heads:]:
+                        heads += 1
+                        yield event
+                elif not heads and answer.position not in (None, position):
+                    position = answer.position
+                    yield Status(position)
+                    continue
+                if parts < len(answer.parts):
+                    queued = "".join(answer.parts[parts:])
+                    parts = len(answer.parts)
+                    yield Token(queued, id=answer.length)
+                    continue  # more may have come while that was being sent
+                if answer.ended:
+                    yield answer.last_event()
+                    return
+                await wake.wait()
+        finally:
+            answer.unwatch(wake)
+            running = self._answers.get(answer.message_id)
+            if not answer.watched and running is not None and running.on_disconnect == "stop":
+                self.stop(answer.message_id)  # the last reader left: stop generating
+
+    async def _run(self, answer: Answer, work: Awaitable[None]) -> None:
+        try:
+            await work
         except asyncio.CancelledError:
-            if answer.end is None:  # for a reader that comes back to a stopped answer
-                answer.put(ChatEvent("error", INTERRUPTED))
+            if not answer.ended:  # for a reader that comes back to a stopped answer
+                answer.interrupt()
         except Exception:
             log.exception("answer %s failed", answer.message_id)
-            answer.put(ChatEvent("error", FAILED))
+            if not answer.ended:
+                answer.fail("model_error", FAILED)
         finally:
-            asyncio.get_running_loop().call_later(
-                KEEP_ENDED_SECONDS, self.logs.pop, answer.message_id, None
-            )
+            if not answer.ended:
+                answer.close()
 
     async def close(self) -> None:
         """Cancel the answers still running (their text is kept as `interrupted`)."""
@@ -194,7 +172,7 @@ async def follow_stored(
     user_id: str,
     after: int = 0,
     poll_seconds: float = 0.5,
-) -> AsyncIterator[ChatEvent]:
+) -> AsyncIterator[AnswerEvent]:
     """An answer this process does not hold, from its row: its head, the text past
     `after`, and while another replica still writes it (`streaming`), what it saves next."""
     position, head_sent = after, False
@@ -204,36 +182,19 @@ async def follow_stored(
                 session=session, user_id=user_id, message_id=message_id
             )
         if message is None:  # deleted meanwhile
-            yield ChatEvent("error", GONE, id=position)
+            yield Error("not_found", "The answer was deleted.", id=position)
             return
+        answer = Answer.from_row(message)
         if not head_sent:
             head_sent = True
-            yield meta_of(message)
-            yield ChatEvent("sources", {"sources": message.sources or []})
-        if len(message.content) > position:
-            yield ChatEvent("token", {"text": message.content[position:]}, id=len(message.content))
-            position = len(message.content)
-        if message.status != "streaming":
-            end = end_event(message)
-            end.id = position
-            yield end
+            for event in answer.head:
+                yield event
+        if answer.length > position:
+            yield Token(answer.text[position:], id=answer.length)
+            position = answer.length
+        if answer.status != MessageStatus.STREAMING:
+            last = answer.last_event()
+            last.id = position
+            yield last
             return
         await asyncio.sleep(poll_seconds)
-
-
-def meta_of(message: Message) -> ChatEvent:
-    return ChatEvent(
-        "meta",
-        {
-            "conversation_id": message.conversation_id,
-            "user_message_id": message.parent_id,
-            "assistant_message_id": message.id,
-            "model": message.model,
-            "instance": message.instance,
-        },
-    )
-
-
-GONE = {"code": "not_found", "message": "The answer was deleted."}
-INTERRUPTED = {"code": "interrupted", "message": "The answer was stopped before it ended."}
-FAILED = {"code": "model_error", "message": "The answer failed; please try again."}

@@ -1,29 +1,17 @@
-"""The chat pipeline's plain data: the options of a request, a turn awaiting its answer,
-and the events of an answer."""
+"""The chat pipeline's plain data: the options of a request, and a turn: a question that
+awaits its answer."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from backend.db.models import Message, User
+    from backend.db.models import User
     from backend.llm import ChatModelHandle
+    from backend.services.answer import Answer
 
 Scope = Literal["private", "shared"]
-
-
-@dataclass
-class ChatEvent:
-    """One event of an answer: `meta`, `sources`, `token`, `done` or `error`. The last one
-    also carries the answer as stored (`stored`, never sent to clients). `id`, on `token`
-    and the last event: how many characters of the answer precede the event's end."""
-
-    event: str
-    data: dict[str, Any]
-    stored: Message | None = None
-    id: int | None = None
 
 
 @dataclass
@@ -52,11 +40,9 @@ class ChatOptions:
 
 @dataclass
 class ChatTurn:
-    """A question (stored, unless `conversation_id` is None) that awaits its answer."""
+    """A question (stored, unless its answer's `conversation_id` is None) and its answer,
+    which owns the ids: the conversation, the question (`parent_id`), its own."""
 
-    conversation_id: str | None  # None: a turn that stores nothing
-    user_message_id: str
-    assistant_message_id: str
     question: str
     history: list[tuple[str, str]]  # (role, content), oldest first
     models: list[ChatModelHandle]  # the one chosen first, then the fallbacks
@@ -64,4 +50,5 @@ class ChatTurn:
     user: User
     retrieval: RetrievalOptions
     system_prompt: str
-    started: float = field(default_factory=time.perf_counter)
+    on_disconnect: OnDisconnect
+    answer: Answer

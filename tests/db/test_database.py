@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -16,8 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import repository
+from backend.db.answers import AnswerWrites
 from backend.db.engine import MIGRATIONS_DIR, create_engine, migrate, session_factory
 from backend.db.models import Conversation, Message, User, utcnow
+from backend.services.answer import Answer
+from backend.services.recorder import AnswerRecorder
 from tests.helpers import create_database, drop_database
 
 
@@ -63,6 +67,25 @@ async def _questions(session: AsyncSession, conversations: list[Conversation]) -
     ]
     await session.commit()
     return questions
+
+
+def _recorder(sessions: async_sessionmaker[AsyncSession]) -> AnswerRecorder:
+    return AnswerRecorder(AnswerWrites(sessions.kw["bind"]), save_seconds=0.5, stale_seconds=10)
+
+
+def _answer(user: User, question: Message, text: str, **fields: Any) -> Answer:
+    """An answer to `question` that has begun with `text`."""
+    answer = Answer(
+        str(uuid.uuid4()),
+        user.id,
+        question.conversation_id,
+        question.id,
+        model="fake-model",
+        instance="here",
+        **fields,
+    )
+    answer.add(text)
+    return answer
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
@@ -215,32 +238,19 @@ async def test_streaming_rows_follow_their_question_and_skip_deleted_conversatio
     """The recorder's streaming save: each answer's row is numbered after its question and
     carries its model and sources; an answer whose conversation was deleted meanwhile is
     dropped without failing the others' save."""
-    from backend.services.answers import Answer, AnswerRecorder
-    from tests.helpers import fake_model
-
     async with sessions() as session:
         user, (kept, doomed) = await _user_with_conversations(session, "kept", "doomed")
         questions = {q.conversation_id: q for q in await _questions(session, [kept, doomed])}
         await repository.delete_conversation(session=session, conversation=doomed)
         await session.commit()
 
-    recorder = AnswerRecorder(sessions=sessions, instance="here")
+    recorder = _recorder(sessions)
     answers = [
-        Answer(
-            conversation_id=conversation.id,
-            message_id=str(uuid.uuid4()),
-            user_id=user.id,
-            parent_id=questions[conversation.id].id,
-            created_at=utcnow(),
-            started=0.0,
-            model=fake_model(),
-            parts=["Because"],
-            sources=[{"id": "d#0", "text": "t"}],
-        )
+        _answer(user, questions[conversation.id], "Because", sources=[{"id": "d#0", "text": "t"}])
         for conversation in (doomed, kept)
     ]
     for answer in answers:
-        recorder.first_token(answer)
+        recorder.began(answer)
     await recorder.save()
 
     assert set(recorder.saved) == {answers[1].message_id}
@@ -266,39 +276,24 @@ async def test_a_save_writes_the_text_of_every_answer_that_grew(
     statement for all) and leaves alone a row that is no longer `streaming`."""
     from sqlalchemy import update
 
-    from backend.services.answers import Answer, AnswerRecorder
-    from tests.helpers import fake_model
-
     async with sessions() as session:
         user, conversations = await _user_with_conversations(session, "a", "b", "c")
         questions = await _questions(session, conversations)
-    recorder = AnswerRecorder(sessions=sessions)
-    answers = [
-        Answer(
-            conversation_id=question.conversation_id,
-            message_id=str(uuid.uuid4()),
-            user_id=user.id,
-            parent_id=question.id,
-            created_at=utcnow(),
-            started=0.0,
-            model=fake_model(),
-            parts=["One"],
-        )
-        for question in questions
-    ]
+    recorder = _recorder(sessions)
+    answers = [_answer(user, question, "One") for question in questions]
     for answer in answers:
-        recorder.first_token(answer)
+        recorder.began(answer)
     await recorder.save()
     async with sessions() as session:  # the third was ended elsewhere meanwhile
         await session.execute(
             update(Message).where(Message.id == answers[2].message_id).values(status="interrupted")
         )
         await session.commit()
-    answers[0].parts.append(" two")
-    answers[2].parts.append(" lost")
+    answers[0].add(" two")
+    answers[2].add(" lost")
     await recorder.save()
-    answers[0].parts.append(" three")
-    answers[1].parts.append(" and two")
+    answers[0].add(" three")
+    answers[1].add(" and two")
     await recorder.save()
 
     async with sessions() as session:
@@ -313,22 +308,21 @@ async def test_a_save_writes_the_text_of_every_answer_that_grew(
 async def test_questions_arriving_together_are_written_in_one_transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """The recorder's writer: questions that arrive together are committed together, each
+    """The hot path's writer: questions that arrive together are committed together, each
     numbered after the last in its conversation; one that fails fails alone."""
     from sqlalchemy import event
 
     from backend.db.models import new_id
-    from backend.services.answers import AnswerRecorder
 
     async with sessions() as session:
         user, (existing,) = await _user_with_conversations(session, "existing")
         await session.commit()
-    recorder = AnswerRecorder(sessions=sessions)
+    writes = AnswerWrites(sessions.kw["bind"])
     commits: list[object] = []
-    event.listen(recorder.engine.sync_engine, "commit", commits.append)
+    event.listen(writes.engine.sync_engine, "commit", commits.append)
 
     def ask(conversation_id: str, *, user_id: str = user.id, title: str | None = None):
-        return recorder.question(
+        return writes.question(
             user_id=user_id,
             conversation_id=conversation_id,
             message_id=new_id(),

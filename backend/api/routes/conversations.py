@@ -3,9 +3,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.api.deps import AnsweringUser, ComponentsDep, CurrentUser, SessionDep
+from backend.api.deps import AnsweringUser, ChatServiceDep, CurrentUser, SessionDep, SettingsDep
 from backend.api.inputs import MAX_OFFSET
 from backend.api.schemas import (
     ConversationCreate,
@@ -17,11 +16,11 @@ from backend.api.schemas import (
     FeedbackPublic,
     RegenerateRequest,
 )
-from backend.api.sse import EventStream, relayed_response, sse_response
+from backend.api.sse import EventStream, sse_response
 from backend.common.errors import InvalidInput, NotFound
 from backend.db import repository
-from backend.db.models import Conversation, Message, User
-from backend.services.relay import follow_stored
+from backend.db.models import Conversation
+from backend.services.chat import owned_answer
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -103,15 +102,14 @@ async def delete_conversation(
 async def regenerate(
     conversation_id: str,
     user: AnsweringUser,
-    components: ComponentsDep,
+    service: ChatServiceDep,
+    settings: SettingsDep,
     body: RegenerateRequest | None = None,
 ) -> EventStream:
     """A new answer to the last question, as SSE (the old answer stays as a sibling)."""
     options = (body or RegenerateRequest()).options()
-    turn = await components.chat_service.regenerate(
-        user=user, conversation_id=conversation_id, options=options
-    )
-    return relayed_response(components, turn, options)
+    turn = await service.regenerate(user=user, conversation_id=conversation_id, options=options)
+    return sse_response(service.stream(turn), settings)
 
 
 messages_router = APIRouter(prefix="/messages", tags=["conversations"])
@@ -119,45 +117,22 @@ messages_router = APIRouter(prefix="/messages", tags=["conversations"])
 MAX_ANSWER_OFFSET = 10**9  # no answer is longer: a larger Last-Event-ID is not ours
 
 
-async def _owned_answer(
-    session: AsyncSession, user: User, message_id: str, *, only_answers: str
-) -> Message:
-    """The caller's answer `message_id`: 404 if it is not the caller's, 422 if a question."""
-    message = await repository.get_owned_message(
-        session=session, user_id=user.id, message_id=message_id
-    )
-    if message is None:
-        raise NotFound("message not found", field=("path", "message_id"))
-    if message.role != "assistant":
-        raise InvalidInput(f"only answers {only_answers}", field=("path", "message_id"))
-    return message
-
-
 @messages_router.post("/{message_id}/stop", status_code=status.HTTP_202_ACCEPTED)
 async def stop_answer(
-    message_id: str, user: CurrentUser, components: ComponentsDep
+    message_id: str, user: CurrentUser, service: ChatServiceDep
 ) -> dict[str, str]:
     """Stop an answer being generated (one that was asked with `on_disconnect: finish`
     goes on without readers); its text so far is kept as `interrupted`. One that another
     worker or replica generates is stopped by it within STREAM_SAVE_SECONDS."""
-    if (live := components.relay.find(message_id, user.id)) is not None:
-        live.stop()
-        return {"status": "stopping"}
-    async with components.sessions() as session:
-        message = await _owned_answer(session, user, message_id, only_answers="can be stopped")
-        if message.status == "streaming":
-            if await repository.request_stop(session=session, message=message):
-                await session.commit()
-                return {"status": "stopping"}
-            await session.refresh(message)  # it ended meanwhile
-    return {"status": message.status}
+    return {"status": await service.stop(user=user, message_id=message_id)}
 
 
 @messages_router.get("/{message_id}/stream")
 async def resume_stream(
     message_id: str,
     user: CurrentUser,
-    components: ComponentsDep,
+    service: ChatServiceDep,
+    settings: SettingsDep,
     last_event_id: Annotated[
         str | None, Header(description="The id of the last event read.")
     ] = None,
@@ -177,18 +152,7 @@ async def resume_stream(
                 field=("header", "last-event-id"),
             )
         position = int(last_event_id)
-    settings = components.settings
-    if (live := components.relay.find(message_id, user.id)) is not None:
-        return sse_response(live.follow(position), settings)
-    async with components.sessions() as session:
-        await _owned_answer(session, user, message_id, only_answers="have a stream")
-    events = follow_stored(
-        components.sessions,
-        message_id=message_id,
-        user_id=user.id,
-        after=position,
-        poll_seconds=settings.stream_save_seconds or 0.5,
-    )
+    events = await service.resume(user=user, message_id=message_id, after=position)
     return sse_response(events, settings)
 
 
@@ -199,7 +163,7 @@ async def give_feedback(
     message_id: str, body: FeedbackIn, session: SessionDep, user: CurrentUser
 ) -> FeedbackPublic:
     """Rate an answer (1 or -1) with an optional comment; sending again replaces it."""
-    message = await _owned_answer(session, user, message_id, only_answers="can be rated")
+    message = await owned_answer(session, user, message_id, only_answers="can be rated")
     feedback = await repository.set_feedback(
         session=session, message=message, rating=body.rating, comment=body.comment
     )

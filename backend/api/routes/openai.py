@@ -15,18 +15,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.api.deps import (
-    AnsweringUser,
-    ChatServiceDep,
-    ComponentsDep,
-    CurrentUser,
-    SettingsDep,
-)
+from backend.api.deps import AnsweringUser, ChatServiceDep, CurrentUser, ModelsDep, SettingsDep
 from backend.api.schemas import GenerationOptions
 from backend.api.sse import EventStream, data_frame
 from backend.common.errors import InvalidInput, NotFound
-from backend.db.models import Message
-from backend.services.turns import ChatEvent, ChatOptions, ChatTurn
+from backend.services.answer import Answer
+from backend.services.events import AnswerEvent, Done, Error, Meta, Token
+from backend.services.turns import ChatOptions
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 STARTED = int(time.time())
@@ -70,17 +65,18 @@ class ChatCompletionRequest(GenerationOptions):
         options = super().options()
         options.stop = [self.stop] if isinstance(self.stop, str) else self.stop
         options.max_tokens = self.max_completion_tokens or self.max_tokens
+        options.on_disconnect = "stop"  # a client that leaves stops the answer, as OpenAI's does
         return options
 
 
 @router.get("/models")
-async def list_models(components: ComponentsDep, _user: CurrentUser) -> dict[str, Any]:
+async def list_models(models: ModelsDep, _user: CurrentUser) -> dict[str, Any]:
     """The models, as OpenAI lists them."""
     return {
         "object": "list",
         "data": [
             {"id": h.name, "object": "model", "created": STARTED, "owned_by": h.provider}
-            for h in components.models.handles
+            for h in models.handles
         ],
     }
 
@@ -105,11 +101,11 @@ async def chat_completions(
     body: ChatCompletionRequest,
     user: AnsweringUser,
     service: ChatServiceDep,
-    components: ComponentsDep,
+    models: ModelsDep,
     settings: SettingsDep,
 ) -> JSONResponse | EventStream:
     """Chat completion in OpenAI's format, grounded in your documents."""
-    if body.model not in components.models.by_id:  # OpenAI's answer: 404 model_not_found
+    if body.model not in models.by_id:  # OpenAI's answer: 404 model_not_found
         raise NotFound(
             f"The model '{body.model}' does not exist; GET /v1/models lists the models",
             field=("body", "model"),
@@ -130,44 +126,35 @@ async def chat_completions(
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        # Through the relay like every stream: counted in LIMIT_STREAMS, queued deltas
-        # coalesced; a client that leaves stops the answer, as OpenAI's API does.
-        answer = components.relay.start(
-            service.answer(turn),
-            message_id=turn.assistant_message_id,
-            user_id=user.id,
-            on_disconnect="stop",
-        )
-        return EventStream(
-            _chunks(turn, answer.follow(), include_usage), ping_seconds=settings.sse_ping_seconds
-        )
-    return JSONResponse(_completion(turn, await service.complete(turn, components.relay)))
+        chunks = _chunks(turn.answer, service.stream(turn), include_usage)
+        return EventStream(chunks, ping_seconds=settings.sse_ping_seconds)
+    return JSONResponse(_completion(await service.complete(turn)))
 
 
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _extensions(turn: ChatTurn, sources: list[dict[str, Any]]) -> dict[str, Any]:
-    extra: dict[str, Any] = {"sources": sources}
-    if turn.conversation_id:
-        extra["conversation_id"] = turn.conversation_id
+def _extensions(answer: Answer) -> dict[str, Any]:
+    extra: dict[str, Any] = {"sources": answer.sources}
+    if answer.conversation_id:
+        extra["conversation_id"] = answer.conversation_id
     return extra
 
 
-def _completion(turn: ChatTurn, message: Message) -> dict[str, Any]:
-    prompt, completion = message.prompt_tokens or 0, message.completion_tokens or 0
+def _completion(answer: Answer) -> dict[str, Any]:
+    prompt, completion = answer.prompt_tokens or 0, answer.completion_tokens or 0
     return {
-        "id": f"chatcmpl-{turn.assistant_message_id}",
+        "id": f"chatcmpl-{answer.message_id}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": message.model,
+        "model": answer.model,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": message.content},
+                "message": {"role": "assistant", "content": answer.text},
                 "logprobs": None,
-                "finish_reason": _finish_reason(message.finish_reason),
+                "finish_reason": _finish_reason(answer.finish_reason),
             }
         ],
         "usage": {
@@ -175,15 +162,16 @@ def _completion(turn: ChatTurn, message: Message) -> dict[str, Any]:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         },
-        **_extensions(turn, message.sources or []),
+        **_extensions(answer),
     }
 
 
 async def _chunks(
-    turn: ChatTurn, events: AsyncIterator[ChatEvent], include_usage: bool
+    answer: Answer, events: AsyncIterator[AnswerEvent], include_usage: bool
 ) -> AsyncIterator[bytes]:
+    """The answer's events as OpenAI's chunks (a `status` event has no counterpart there)."""
     base = {
-        "id": f"chatcmpl-{turn.assistant_message_id}",
+        "id": f"chatcmpl-{answer.message_id}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": "",
@@ -193,37 +181,31 @@ async def _chunks(
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return data_frame(json.dumps({**base, "choices": [choice], **extra}))
 
-    sources: list[dict[str, Any]] = []
     try:
         async for event in events:
-            if event.event == "meta":
-                base["model"] = event.data["model"]
-                yield chunk({"role": "assistant", "content": ""})
-            elif event.event == "sources":
-                sources = event.data["sources"]
-            elif event.event == "token":
-                yield chunk({"content": event.data["text"]})
-            elif event.event == "done":
-                yield chunk(
-                    {}, _finish_reason(event.data["finish_reason"]), **_extensions(turn, sources)
-                )
-                if include_usage:
-                    usage = event.data["usage"]
-                    total = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
-                    yield data_frame(
-                        json.dumps(
-                            {**base, "choices": [], "usage": {**usage, "total_tokens": total}}
-                        )
-                    )
-                yield data_frame("[DONE]")
-            elif event.event == "error":
-                # OpenAI's streams carry errors as an `error` object; the SDK raises on it.
-                error = {
-                    "message": event.data["message"],
-                    "type": "api_error",
-                    "code": event.data["code"],
-                }
-                yield data_frame(json.dumps({"error": error}))
-                return
+            match event:
+                case Meta():
+                    base["model"] = event.model or ""
+                    yield chunk({"role": "assistant", "content": ""})
+                case Token():
+                    yield chunk({"content": event.text})
+                case Done():
+                    finish = _finish_reason(event.finish_reason)
+                    yield chunk({}, finish, **_extensions(answer))
+                    if include_usage:
+                        usage = event.usage
+                        total = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
+                        usage_chunk = {
+                            **base,
+                            "choices": [],
+                            "usage": {**usage, "total_tokens": total},
+                        }
+                        yield data_frame(json.dumps(usage_chunk))
+                    yield data_frame("[DONE]")
+                case Error():
+                    # OpenAI's streams carry errors as an `error` object; the SDK raises on it.
+                    error = {"message": event.message, "type": "api_error", "code": event.code}
+                    yield data_frame(json.dumps({"error": error}))
+                    return
     finally:
         await events.aclose()  # type: ignore[attr-defined]
