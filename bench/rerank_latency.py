@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from backend.retrieval.embeddings import bundled_embedding_model_path
+from backend.retrieval.passage import Passage
 from backend.retrieval.rerank import Reranker
-from backend.retrieval.retriever import Passage
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "pubmedqa"
 

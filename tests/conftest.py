@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from tests.helpers import (
     LiveServer,
     Serve,
@@ -80,7 +80,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def model() -> ChatModelHandle:
+def model() -> ChatModel:
     return fake_model()
 
 
@@ -103,7 +103,7 @@ def serve(tmp_path: Path, sqlite_url: str) -> Iterator[Serve]:
 
 
 @pytest.fixture
-def server(serve: Serve, model: ChatModelHandle) -> LiveServer:
+def server(serve: Serve, model: ChatModel) -> LiveServer:
     """A server on SQLite with the fake model (override the `model` fixture to change it)."""
     return serve(model=model)
 

@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 
 from backend.api.app import create_app
 from backend.common.settings import Settings
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel, LangChainModel
 from backend.retrieval.store import VectorStore
 
 T = TypeVar("T")
@@ -67,14 +67,14 @@ def fake_model(
     sleep: float | None = None,
     error_on_chunk_number: int | None = None,
     context_window: int = 4096,
-) -> ChatModelHandle:
+) -> LangChainModel:
     chat = RecordingFakeChatModel(
         responses=responses or ["Hello there, how can I help?"],
         sleep=sleep,
         error_on_chunk_number=error_on_chunk_number,
         prompts=[],
     )
-    return ChatModelHandle(
+    return LangChainModel(
         name="fake-model", provider="fake", chat=chat, context_window=context_window
     )
 
@@ -120,7 +120,7 @@ def build_app(
     tmp_path: Path,
     database_url: str,
     *,
-    model: ChatModelHandle | None = None,
+    model: ChatModel | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
     **settings: Any,

@@ -17,7 +17,7 @@ from backend.api.middleware import RequestContextMiddleware
 from backend.api.routes import auth, chat, conversations, documents, health, openai
 from backend.common.metrics import Metrics
 from backend.common.settings import Settings, get_settings
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from backend.retrieval.store import VectorStore
 from backend.services.components import build_components
 
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings | None = None,
     *,
-    model: ChatModelHandle | None = None,
-    models: Sequence[ChatModelHandle] | None = None,
+    model: ChatModel | None = None,
+    models: Sequence[ChatModel] | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
 ) -> FastAPI:

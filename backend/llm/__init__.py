@@ -7,11 +7,12 @@ import logging
 import os
 
 from backend.common.settings import ModelSpec, Settings
-from backend.llm.base import ChatModelHandle, approximate_token_count
+from backend.llm.base import ChatModel, LangChainModel, approximate_token_count
 from backend.llm.catalog import ModelCatalog, UnknownModel
 
 __all__ = [
-    "ChatModelHandle",
+    "ChatModel",
+    "LangChainModel",
     "ModelCatalog",
     "UnknownModel",
     "approximate_token_count",
@@ -24,13 +25,15 @@ log = logging.getLogger(__name__)
 LOCAL_MODEL_URL = "RAGSTREAM_LOCAL_MODEL_URL"
 
 
-def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModel:
     match spec.provider:
         case "local":
-            from backend.llm.local import build_local_model, build_shared_local_client
-
             if shared := os.environ.get(LOCAL_MODEL_URL):  # a worker: the model is shared
-                return build_shared_local_client(settings, spec, shared)
+                from backend.llm.shared import build_shared_local_model
+
+                return build_shared_local_model(settings, spec, shared)
+            from backend.llm.local import build_local_model
+
             return build_local_model(settings, spec)
         case "huggingface":
             from backend.llm.remote import build_huggingface
@@ -43,9 +46,9 @@ def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
 
 
 def build_models(settings: Settings) -> ModelCatalog:
-    handles = [build_chat_model(spec, settings) for spec in settings.model_specs]
-    for handle in handles:
+    models = [build_chat_model(spec, settings) for spec in settings.model_specs]
+    for model in models:
         log.info(
-            "model %s (%s), context %d tokens", handle.name, handle.provider, handle.context_window
+            "model %s (%s), context %d tokens", model.name, model.provider, model.context_window
         )
-    return ModelCatalog(handles, settings=settings)
+    return ModelCatalog(models, settings=settings)

@@ -1,18 +1,27 @@
-"""What the rest of the backend knows of a chat model: a LangChain chat model plus the
-facts the prompt builder and the events need, and how its answers are streamed."""
+"""What the rest of the backend knows of a chat model: one protocol (`ChatModel`), whatever
+serves it. Its implementations are chosen once, from the settings (`backend.llm`):
+
+- `RemoteModel` (llm/remote.py): Hugging Face or any OpenAI-compatible server, streamed
+  over the wire (llm/wire.py);
+- `LocalModel` (llm/local.py): the bundled SmolLM2 in this process, one answer at a time
+  behind its waiting line (`QueuedModel`, llm/queue.py);
+- `SharedLocalModel` (llm/shared.py): a worker's view of the local model that the workers
+  share (llm/host.py), streamed over the wire, its line asked before an answer starts;
+- `LangChainModel` (here): any LangChain chat model through its `astream` (tests' fakes).
+
+A model's stream yields `Delta`s (text, and at the end the finish reason and usage) and,
+from a model with a waiting line, `Queued` items first: the answer's place in the line,
+then position 0 when its turn begins."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-
-from backend.llm.queue import ModelQueue, OnQueued
-from backend.llm.wire import ChatWire, Delta
 
 
 def approximate_token_count(text: str) -> int:
@@ -20,60 +29,90 @@ def approximate_token_count(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+@dataclass(slots=True)
+class Delta:
+    """One step of a streamed answer: `text` (may be empty), and on the last steps the
+    finish reason and the model's own token counts."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens
+
+
+@dataclass(slots=True)
+class Queued:
+    """The answer waits for a busy model: `position` 1 is next; 0: its turn has begun."""
+
+    position: int
+
+
+StreamItem = Delta | Queued
+
+
+class ChatModel(Protocol):
+    name: str  # as requests and `meta` name it
+    provider: str
+    context_window: int  # tokens it sees, prompt and answer
+
+    @property
+    def chat(self) -> BaseChatModel:
+        """The LangChain chat model it is (or that describes it), for LangChain users."""
+        ...
+
+    @property
+    def queued(self) -> bool:
+        """Whether answers may wait for it (their first-token clock starts at their turn)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    async def admit(self) -> None:
+        """Raise ModelBusy when no answer may join its waiting line now."""
+
+    def stream(
+        self, messages: list[BaseMessage], params: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
+        """The answer's `Queued` items (a model with a waiting line), then its deltas."""
+        ...
+
+    def is_ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass
-class ChatModelHandle:
-    """A ready chat model: `stream` answers, `count_tokens` measures text for the prompt
-    budget. A remote model streams over `wire` (the hot loop's own client); any other
-    LangChain chat model through its `astream`."""
+class LangChainModel:
+    """Any LangChain chat model, streamed through its `astream`."""
 
     name: str
     provider: str
     chat: BaseChatModel
     context_window: int
-    count_tokens: Callable[[str], int] = field(default=approximate_token_count)
-    wire: ChatWire | None = None
-    # A model that answers one at a time: its waiting line, here (`queue`) or in the
-    # local-model process the workers share (asked by `check_queue`, streamed over a wire).
-    queue: ModelQueue | None = None
-    check_queue: Callable[[], Awaitable[None]] | None = None
+    counter: Callable[[str], int] = field(default=approximate_token_count)
 
     @property
     def queued(self) -> bool:
-        return self.queue is not None or self.check_queue is not None
+        return False
+
+    def count_tokens(self, text: str) -> int:
+        return self.counter(text)
 
     async def admit(self) -> None:
-        """Raise ModelBusy when the waiting line is full (before an answer is started)."""
-        if self.queue is not None:
-            self.queue.check()
-        elif self.check_queue is not None:
-            await self.check_queue()
+        return None
 
     def stream(
-        self,
-        messages: list[BaseMessage],
-        params: Mapping[str, Any],
-        on_queued: OnQueued | None = None,
-    ) -> AsyncIterator[Delta]:
-        """The answer's deltas; a queued model first reports the waiting (`on_queued`,
-        then a delta with `admitted`)."""
-        if self.wire is not None:
-            return self.wire.stream(messages, params, on_queued)
-        deltas = _deltas(self.chat.astream(messages, **params))
-        return deltas if self.queue is None else _in_turn(self.queue, deltas, on_queued)
+        self, messages: list[BaseMessage], params: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
+        return _deltas(self.chat.astream(messages, **params))
 
     def is_ready(self) -> bool:
-        ready = getattr(self.chat, "is_ready", None)
-        return bool(ready()) if callable(ready) else True
+        return True
 
     async def aclose(self) -> None:
-        if self.wire is not None:
-            await self.wire.aclose()
-        close = getattr(self.chat, "close", None)
-        if callable(close):
-            close()
+        return None
 
 
-async def _deltas(chunks: AsyncIterator[Any]) -> AsyncIterator[Delta]:
+async def _deltas(chunks: AsyncIterator[Any]) -> AsyncIterator[StreamItem]:
     """LangChain's `AIMessageChunk`s as deltas."""
     try:
         async for chunk in chunks:
@@ -90,15 +129,3 @@ async def _deltas(chunks: AsyncIterator[Any]) -> AsyncIterator[Delta]:
             )
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-
-
-async def _in_turn(
-    queue: ModelQueue, deltas: AsyncIterator[Delta], on_queued: OnQueued | None
-) -> AsyncIterator[Delta]:
-    try:
-        async with queue.turn(on_queued):
-            yield Delta(admitted=True)
-            async for delta in deltas:
-                yield delta
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from backend.common.settings import Settings
-from backend.llm.base import ChatModelHandle
+from backend.llm.base import ChatModel
 
 
 class UnknownModel(LookupError):
@@ -17,26 +17,26 @@ class UnknownModel(LookupError):
 
 
 class ModelCatalog:
-    def __init__(self, handles: Sequence[ChatModelHandle], *, settings: Settings) -> None:
-        if not handles:
+    def __init__(self, models: Sequence[ChatModel], *, settings: Settings) -> None:
+        if not models:
             raise ValueError("at least one model is needed")
-        self.handles = list(handles)
-        self.by_id = {h.name: h for h in self.handles}
+        self.models = list(models)
+        self.by_id = {m.name: m for m in self.models}
         self.short_model = settings.llm_route_short_model
         self.short_max_chars = settings.llm_route_short_max_chars
 
     @property
-    def default(self) -> ChatModelHandle:
-        return self.handles[0]
+    def default(self) -> ChatModel:
+        return self.models[0]
 
     def ids(self) -> list[str]:
-        return [h.name for h in self.handles]
+        return [m.name for m in self.models]
 
     def check(self, requested: str | None) -> None:
         if requested is not None and requested not in self.by_id:
             raise UnknownModel(requested, self.ids())
 
-    def choose(self, requested: str | None, question: str) -> list[ChatModelHandle]:
+    def choose(self, requested: str | None, question: str) -> list[ChatModel]:
         """The model that should answer first, then the rest in fallback order."""
         self.check(requested)
         if requested is not None:
@@ -45,11 +45,11 @@ class ModelCatalog:
             first = self.by_id[self.short_model]
         else:
             first = self.default
-        return [first, *(h for h in self.handles if h is not first)]
+        return [first, *(m for m in self.models if m is not first)]
 
     def is_ready(self) -> bool:
-        return all(h.is_ready() for h in self.handles)
+        return all(m.is_ready() for m in self.models)
 
     async def aclose(self) -> None:
-        for handle in self.handles:
-            await handle.aclose()
+        for model in self.models:
+            await model.aclose()

@@ -6,7 +6,7 @@ load the model N times and make N answers fight for the same cores. So with WORK
 127.0.0.1, each worker streams from it in OpenAI's chat format (backend.llm.wire), and
 the waiting line lives here, one for all workers: while an answer waits, its stream
 carries `{"queue": {"position": n}}` chunks, then position 0 when its turn begins;
-`GET /queue/{model}` says whether another may join (the workers ask before starting).
+`GET /queue/{model}` answers 503 when the line is full (the workers ask before starting).
 A client that leaves (the worker closes the stream) leaves the line.
 """
 
@@ -34,8 +34,10 @@ from starlette.routing import Route
 
 from backend.common.errors import ModelBusy
 from backend.common.settings import Settings
-from backend.llm import LOCAL_MODEL_URL, ChatModelHandle
-from backend.llm.wire import PARAMS, Delta
+from backend.llm import LOCAL_MODEL_URL
+from backend.llm.base import Delta, Queued, StreamItem
+from backend.llm.local import LocalModel, build_local_model
+from backend.llm.wire import PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -62,106 +64,103 @@ def _chunk(delta: Delta, model: str) -> dict[str, Any]:
     return chunk
 
 
-def host_app(settings: Settings) -> Starlette:
-    from backend.llm.local import build_local_model
+class _ModelHost:
+    """The local models of the settings, served to the workers."""
 
-    handles: dict[str, ChatModelHandle] = {}
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, LocalModel] = {}
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for spec in settings.model_specs:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        for spec in self.settings.model_specs:
             if spec.provider == "local":
-                handles[spec.name] = build_local_model(settings, spec)
+                self.models[spec.name] = build_local_model(self.settings, spec)
         try:
             yield
         finally:
-            for handle in handles.values():
-                await handle.aclose()
+            for model in self.models.values():
+                await model.aclose()
 
-    def handle_for(name: str) -> ChatModelHandle | None:
-        return handles.get(name) or next(iter(handles.values()), None)
+    def model(self, name: str) -> LocalModel | None:
+        return self.models.get(name) or next(iter(self.models.values()), None)
 
-    async def queue(request: Request) -> Response:
-        handle = handle_for(request.path_params["model"])
-        if handle is None or handle.queue is None:
+    async def queue(self, request: Request) -> Response:
+        """200 while another answer may join the line, else 503 (with Retry-After)."""
+        model = self.model(request.path_params["model"])
+        if model is None:
             return JSONResponse({"error": "no such model"}, status_code=404)
-        line = handle.queue
-        return JSONResponse(
-            {
-                "busy": line.busy,
-                "waiting": len(line.waiting),
-                "max_waiting": line.max_waiting,
-                "retry_after": line.retry_after(),
-            }
-        )
+        try:
+            await model.admit()
+        except ModelBusy as busy:
+            return _busy(busy)
+        return JSONResponse({"waiting": len(model.queue.waiting)})
 
-    async def completions(request: Request) -> Response:
+    async def completions(self, request: Request) -> Response:
         body = await request.json()
-        handle = handle_for(str(body.get("model") or ""))
-        if handle is None or handle.queue is None:
+        model = self.model(str(body.get("model") or ""))
+        if model is None:
             return JSONResponse({"error": "no local model"}, status_code=404)
         try:
-            handle.queue.check()
+            await model.admit()
         except ModelBusy as busy:
-            return JSONResponse(
-                {"error": busy.detail, "error_type": "overloaded"},
-                status_code=503,
-                headers={"Retry-After": str(busy.retry_after)},
-            )
+            return _busy(busy)
         params = {name: body[name] for name in PARAMS if body.get(name) is not None}
-        frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        frames = _frames(model.stream(_messages(body), params), model.name)
+        return StreamingResponse(frames, media_type="text/event-stream")
 
-        async def generate() -> None:
-            def queued(position: int) -> None:
-                frames.put_nowait(_frame({"queue": {"position": position}}))
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"models": list(self.models)})
 
-            try:
-                async for delta in handle.stream(_messages(body), params, queued):
-                    if delta.admitted:
-                        frames.put_nowait(_frame({"queue": {"position": 0}}))
-                    else:
-                        frames.put_nowait(_frame(_chunk(delta, handle.name)))
-                frames.put_nowait(b"data: [DONE]\n\n")
-            except Exception as exc:
-                log.exception("local model failed")
-                frames.put_nowait(_frame({"error": str(exc)[:200], "error_type": "generation"}))
-            finally:
-                frames.put_nowait(None)
 
-        async def body_frames() -> AsyncIterator[bytes]:
-            task = asyncio.create_task(generate())
-            try:
-                while (frame := await frames.get()) is not None:
-                    yield frame
-            finally:  # the worker went away: leave the line, stop generating
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
-        return StreamingResponse(body_frames(), media_type="text/event-stream")
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"models": list(handles)})
-
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", completions, methods=["POST"]),
-            Route("/queue/{model:path}", queue),
-            Route("/health", health),
-        ],
-        lifespan=lifespan,
+def _busy(busy: ModelBusy) -> JSONResponse:
+    """The line is full: `detail` and `retry_after` for the worker (SharedLocalModel)."""
+    return JSONResponse(
+        {"detail": busy.detail, "retry_after": busy.retry_after, "error_type": "overloaded"},
+        status_code=503,
+        headers={"Retry-After": str(busy.retry_after)},
     )
 
 
-async def check_queue(url: str, model: str) -> None:
-    """Raise ModelBusy when the shared model's line is full (asked by a worker)."""
-    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-        state = (await http.get(f"/queue/{model}")).json()
-    if state["busy"] and state["waiting"] >= state["max_waiting"]:
-        raise ModelBusy(
-            f"model {model} is busy: {state['waiting']} answers are waiting already; "
-            "try again later",
-            retry_after=int(state["retry_after"]),
-        )
+async def _frames(items: AsyncIterator[StreamItem], model: str) -> AsyncIterator[bytes]:
+    """A model's stream as OpenAI's chunks, its place in line as `queue` chunks. Generated
+    in a task of its own, so that a worker going away (the body's generator closed) stops
+    it at once, waiting or answering."""
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def generate() -> None:
+        try:
+            async for item in items:
+                if isinstance(item, Queued):
+                    frames.put_nowait(_frame({"queue": {"position": item.position}}))
+                else:
+                    frames.put_nowait(_frame(_chunk(item, model)))
+            frames.put_nowait(b"data: [DONE]\n\n")
+        except Exception as exc:
+            log.exception("local model failed")
+            frames.put_nowait(_frame({"error": str(exc)[:200], "error_type": "generation"}))
+        finally:
+            frames.put_nowait(None)
+
+    task = asyncio.create_task(generate())
+    try:
+        while (frame := await frames.get()) is not None:
+            yield frame
+    finally:  # the worker went away: leave the line, stop generating
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def host_app(settings: Settings) -> Starlette:
+    host = _ModelHost(settings)
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", host.completions, methods=["POST"]),
+            Route("/queue/{model:path}", host.queue),
+            Route("/health", host.health),
+        ],
+        lifespan=host.lifespan,
+    )
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import PrivateAttr
 
 from backend.common.settings import ModelSpec, Settings
-from backend.llm.base import ChatModelHandle
-from backend.llm.queue import ModelQueue
+from backend.llm.queue import ModelQueue, QueuedModel
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,20 @@ class LlamaCppChatModel(BaseChatModel):
             cancel.set()  # the worker stops before its next token
 
 
-def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> ChatModelHandle:
+@dataclass
+class LocalModel(QueuedModel):
+    """The GGUF model of this process, behind its waiting line."""
+
+    chat: LlamaCppChatModel
+
+    def is_ready(self) -> bool:
+        return self.chat.is_ready()
+
+    async def aclose(self) -> None:
+        self.chat.close()
+
+
+def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> LocalModel:
     spec = spec or ModelSpec(provider="local", model=settings.llm_model)
     path = local_model_path(settings, spec)
     context_window = spec.context_window or settings.llm_context_window
@@ -309,12 +322,12 @@ def build_local_model(settings: Settings, spec: ModelSpec | None = None) -> Chat
     )
     chat.load()
     log.info("local model %s loaded from %s", chat.model_name, path)
-    return ChatModelHandle(
+    return LocalModel(
         name=chat.model_name,
         provider="local",
         chat=chat,
         context_window=context_window,
-        count_tokens=chat.count_tokens,
+        counter=chat.count_tokens,
         queue=ModelQueue(max_waiting=settings.llm_queue_max, name=f"model {chat.model_name}"),
     )
 
@@ -324,38 +337,3 @@ def local_model_path(settings: Settings, spec: ModelSpec) -> Path:
     if not path.is_file():
         raise RuntimeError(f"model {spec.name!r}: {spec.model!r} is not a GGUF file.")
     return path
-
-
-def build_shared_local_client(settings: Settings, spec: ModelSpec, url: str) -> ChatModelHandle:
-    """A worker's view of a local model served by the one model process the workers share
-    (backend.llm.host): streamed over the wire, counted with the model's own tokenizer
-    (its vocabulary only, a few MB), its waiting line asked before an answer starts."""
-    from llama_cpp import Llama
-
-    from backend.llm.host import check_queue
-    from backend.llm.remote import CompatibleChatOpenAI, _defaults, _timeout
-    from backend.llm.wire import ChatWire
-
-    vocab = Llama(model_path=str(local_model_path(settings, spec)), vocab_only=True, verbose=False)
-
-    def count_tokens(text: str) -> int:
-        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    timeout = _timeout(settings)
-    return ChatModelHandle(
-        name=spec.name,
-        provider="local",
-        chat=CompatibleChatOpenAI(
-            model=spec.name, base_url=f"{url}/v1", api_key="not-needed", timeout=timeout
-        ),
-        context_window=spec.context_window or settings.llm_context_window,
-        count_tokens=count_tokens,
-        wire=ChatWire(
-            url=f"{url}/v1/chat/completions",
-            model=spec.name,
-            api_key=None,
-            timeout=timeout,
-            defaults=_defaults(settings),
-        ),
-        check_queue=lambda: check_queue(url, spec.name),
-    )

@@ -1,21 +1,27 @@
-"""The local model's waiting line: llama.cpp keeps one context, so answers take turns.
+"""A model's waiting line: llama.cpp keeps one context, so answers take turns.
 
-`ModelQueue.turn()` admits one answer at a time in arrival order. A waiting answer is
-told its position (1: next) when it joins and whenever it moves up; one that leaves
-(its reader went away) frees its place at once. `check()` refuses a new answer when
-`max_waiting` already wait, with a guess of when a place frees."""
+`ModelQueue.join()` gives an answer its `Place`: the model at once if it is free, else a
+place at the end of the line, whose position (1: next) moves up as those before it are
+answered or leave (`Place.moves`). An answer that leaves (its reader went away) frees its
+place at once; one whose turn ends passes the model on. `check()` refuses a new answer
+when `max_waiting` already wait, with a guess of when a place frees: the one admission
+check, for this process and for the workers that share the local model (llm/host.py).
+
+`QueuedModel` is a LangChain chat model behind such a line."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
 
 from backend.common.errors import ModelBusy
-
-OnQueued = Callable[[int], None]
+from backend.llm.base import LangChainModel, Queued, StreamItem
 
 
 class ModelQueue:
@@ -23,7 +29,7 @@ class ModelQueue:
         self.max_waiting = max_waiting
         self.name = name
         self.busy = False
-        self.waiting: list[tuple[asyncio.Future[None], OnQueued | None]] = []
+        self.waiting: list[Place] = []
         self.turn_seconds = 10.0  # a running mean of how long a turn takes
 
     def retry_after(self) -> int:
@@ -38,47 +44,93 @@ class ModelQueue:
                 retry_after=self.retry_after(),
             )
 
-    @asynccontextmanager
-    async def turn(self, on_queued: OnQueued | None = None) -> AsyncIterator[None]:
-        """Hold the model for one answer; `on_queued(position)` while waiting."""
+    def join(self) -> Place:
+        """A place for one answer: the model at once, or the end of the line (ModelBusy
+        when the line is full). `leave()` it when the answer is done or goes away."""
+        place = Place(self)
         if self.busy or self.waiting:
             self.check()
-            admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiting.append((admitted, on_queued))
-            if on_queued is not None:
-                on_queued(len(self.waiting))
-            try:
-                await admitted
-            except asyncio.CancelledError:
-                if admitted.done() and not admitted.cancelled():
-                    self._next()  # admitted just as it left: pass the turn on
-                else:
-                    self._leave(admitted)
-                raise
+            self.waiting.append(place)
+            place.position = len(self.waiting)
+        else:
+            self._admit(place)
+        return place
+
+    def _admit(self, place: Place) -> None:
         self.busy = True
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.turn_seconds = 0.8 * self.turn_seconds + 0.2 * (time.monotonic() - started)
-            self._next()
+        place.position, place.started = 0, time.monotonic()
+        place.moved.set()
 
-    def _leave(self, admitted: asyncio.Future[None]) -> None:
-        index = next(i for i, (f, _) in enumerate(self.waiting) if f is admitted)
-        del self.waiting[index]
-        self._announce(index)
-
-    def _next(self) -> None:
-        """The turn passes to the first in line (the model is free if no one waits)."""
-        self.busy = False
-        if self.waiting:
-            admitted, _ = self.waiting.pop(0)
-            self.busy = True
-            admitted.set_result(None)
-            self._announce(0)
+    def _leave(self, place: Place) -> None:
+        if place.position == 0:  # its turn ends: the first in line has the model
+            self.turn_seconds = 0.8 * self.turn_seconds + 0.2 * (time.monotonic() - place.started)
+            self.busy = False
+            if self.waiting:
+                self._admit(self.waiting.pop(0))
+                self._announce(0)
+        elif place in self.waiting:
+            index = self.waiting.index(place)
+            del self.waiting[index]
+            self._announce(index)
 
     def _announce(self, start: int) -> None:
         """Tell those from `start` on their new positions."""
-        for position, (_, on_queued) in enumerate(self.waiting[start:], start + 1):
-            if on_queued is not None:
-                on_queued(position)
+        for position, place in enumerate(self.waiting[start:], start + 1):
+            place.position = position
+            place.moved.set()
+
+
+class Place:
+    """One answer's place: `position` 0 holds the model, 1 is next in line."""
+
+    def __init__(self, line: ModelQueue) -> None:
+        self.line = line
+        self.position = 0
+        self.started = 0.0
+        self.moved = asyncio.Event()
+        self.left = False
+
+    async def moves(self) -> AsyncIterator[int]:
+        """Its position now and each time it moves up, until its turn begins."""
+        while self.position > 0:
+            self.moved.clear()
+            yield self.position
+            while self.position > 0 and not self.moved.is_set():
+                await self.moved.wait()
+
+    def leave(self) -> None:
+        """The answer is done, or went away: its turn or its place passes on (once)."""
+        if not self.left:
+            self.left = True
+            self.line._leave(self)
+
+
+@dataclass
+class QueuedModel(LangChainModel):
+    """A LangChain chat model that answers one at a time: its answers take turns in `queue`."""
+
+    queue: ModelQueue = field(kw_only=True)
+
+    @property
+    def queued(self) -> bool:
+        return True
+
+    async def admit(self) -> None:
+        self.queue.check()
+
+    async def stream(
+        self, messages: list[BaseMessage], params: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
+        place = self.queue.join()
+        try:
+            async for position in place.moves():
+                yield Queued(position)
+            yield Queued(0)
+            deltas = LangChainModel.stream(self, messages, params)
+            try:
+                async for item in deltas:
+                    yield item
+            finally:
+                await deltas.aclose()  # type: ignore[attr-defined]  # it stops generating
+        finally:
+            place.leave()

@@ -8,25 +8,23 @@ the same chat-completions requests without an SDK in the per-token loop."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-import httpx
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
 from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
 from langchain_openai import ChatOpenAI
 
 from backend.common.settings import ModelSpec, Settings, reveal
-from backend.llm.base import ChatModelHandle
-from backend.llm.wire import ChatWire
+from backend.llm.base import StreamItem, approximate_token_count
+from backend.llm.wire import ChatWire, default_params, wire_timeout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_CONTEXT = 8192  # Llama-3-8B-Instruct
 HF_ROUTER = "https://router.huggingface.co/v1"
-
-
-def _timeout(settings: Settings) -> httpx.Timeout:
-    # Reads are bounded by the stream's own first-token / between-token timeouts.
-    read = max(settings.llm_first_token_timeout, settings.llm_token_timeout) + 5
-    return httpx.Timeout(read, connect=settings.llm_connect_timeout)
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -35,11 +33,40 @@ def chat_completions_url(base_url: str) -> str:
     return f"{base if base.endswith('/v1') else base + '/v1'}/chat/completions"
 
 
-def _defaults(settings: Settings) -> dict[str, float | int]:
-    return {"max_tokens": settings.max_tokens_default, "temperature": settings.temperature_default}
+@dataclass
+class RemoteModel:
+    """A model on a server that speaks OpenAI's chat format, streamed over `wire`; `chat`
+    is the LangChain chat model that describes it (ChatHuggingFace, ChatOpenAI)."""
+
+    name: str
+    provider: str
+    chat: BaseChatModel
+    context_window: int
+    wire: ChatWire
+
+    @property
+    def queued(self) -> bool:
+        return False
+
+    def count_tokens(self, text: str) -> int:
+        return approximate_token_count(text)
+
+    async def admit(self) -> None:
+        return None
+
+    def stream(
+        self, messages: list[BaseMessage], params: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
+        return self.wire.stream(messages, params)
+
+    def is_ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()
 
 
-def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+def build_huggingface(spec: ModelSpec, settings: Settings) -> RemoteModel:
     model = spec.model
     token = reveal(settings.hf_token)
     if not spec.base_url and not token:
@@ -49,7 +76,7 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
         "task": "text-generation",
         "max_new_tokens": settings.max_tokens_default,
         "temperature": settings.temperature_default,
-        "timeout": int(_timeout(settings).read or 120),
+        "timeout": int(wire_timeout(settings).read or 120),
         "streaming": True,
     }
     if spec.base_url:
@@ -72,7 +99,7 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
         # The real model's name, never "dummy" or the URL: a router behind a URL then
         # serves the right one.
         chat.model_id = model
-    return ChatModelHandle(
+    return RemoteModel(
         name=spec.name,
         provider="huggingface",
         chat=chat,
@@ -81,8 +108,8 @@ def build_huggingface(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
             url=url,
             model=model or "tgi",  # TGI serves one model and accepts any name
             api_key=api_key,
-            timeout=_timeout(settings),
-            defaults=_defaults(settings),
+            timeout=wire_timeout(settings),
+            defaults=default_params(settings),
         ),
     )
 
@@ -98,21 +125,21 @@ class CompatibleChatOpenAI(ChatOpenAI):
         return payload
 
 
-def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHandle:
+def build_openai_compatible(spec: ModelSpec, settings: Settings) -> RemoteModel:
     url = chat_completions_url(spec.base_url or "")
     key = reveal(settings.llm_api_key)
     chat = CompatibleChatOpenAI(
         model=spec.model or "",
         base_url=url.removesuffix("/chat/completions"),
         api_key=key or "not-needed",  # local servers accept any key
-        timeout=_timeout(settings),
+        timeout=wire_timeout(settings),
         max_retries=0,  # retries are ours: before the first token only
         streaming=True,
         stream_usage=True,
         max_tokens=settings.max_tokens_default,
         temperature=settings.temperature_default,
     )
-    return ChatModelHandle(
+    return RemoteModel(
         name=spec.name,
         provider="openai-compatible",
         chat=chat,
@@ -121,7 +148,7 @@ def build_openai_compatible(spec: ModelSpec, settings: Settings) -> ChatModelHan
             url=url,
             model=spec.model or "",
             api_key=key,
-            timeout=_timeout(settings),
-            defaults=_defaults(settings),
+            timeout=wire_timeout(settings),
+            defaults=default_params(settings),
         ),
     )

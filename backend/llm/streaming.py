@@ -11,28 +11,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 
 from backend.common.settings import Settings
-from backend.llm.base import ChatModelHandle
+from backend.llm.base import ChatModel, Delta, Queued, StreamItem
 from backend.llm.errors import ModelFailure, classify
-from backend.llm.queue import OnQueued
-from backend.llm.wire import Delta
 
 log = logging.getLogger(__name__)
 
 
+OnQueued = Callable[[int], None]  # told an answer's place in a busy model's line
+
+
 @dataclass
 class StreamPolicy:
-    first_token_timeout: float = 60.0
-    token_timeout: float = 30.0
-    max_retries: int = 3
-    retry_base: float = 0.5
-    retry_max_wait: float = 20.0
+    """Time limits and retries (LLM_FIRST_TOKEN_TIMEOUT, LLM_TOKEN_TIMEOUT, LLM_MAX_RETRIES,
+    LLM_RETRY_BASE_SECONDS, LLM_RETRY_MAX_WAIT_SECONDS)."""
+
+    first_token_timeout: float
+    token_timeout: float
+    max_retries: int
+    retry_base: float
+    retry_max_wait: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamPolicy:
@@ -53,8 +57,8 @@ class StreamPolicy:
 class ModelStream:
     """An opened answer: `head` holds the deltas up to the first text; iterate for the rest."""
 
-    def __init__(self, handle: ChatModelHandle, head: list[Delta], rest: Any, policy: StreamPolicy):
-        self.handle = handle
+    def __init__(self, model: ChatModel, head: list[Delta], rest: Any, policy: StreamPolicy):
+        self.model = model
         self.head = head
         self._rest = rest
         self._policy = policy
@@ -83,7 +87,8 @@ class ModelStream:
                 except Exception as exc:
                     raise classify(exc, started=True) from exc
                 stall.done()
-                yield chunk
+                if isinstance(chunk, Delta):  # (a model's turn began before its first text)
+                    yield chunk
         finally:
             stall.close()
             await self.close()
@@ -138,37 +143,44 @@ class _StallWatch:
 
 
 async def _head(
-    stream: Any, deadline: asyncio.Timeout, first_token: float
+    stream: AsyncIterator[StreamItem],
+    deadline: asyncio.Timeout,
+    first_token: float,
+    on_queued: OnQueued | None,
 ) -> tuple[list[Delta], bool]:
     """Deltas up to and including the first with text; True if the stream ended. A queued
     model's first-token clock starts when its turn begins."""
     head: list[Delta] = []
-    async for delta in stream:
-        if delta.admitted:
-            deadline.reschedule(asyncio.get_running_loop().time() + first_token)
+    async for item in stream:
+        if isinstance(item, Queued):
+            if item.position == 0:
+                deadline.reschedule(asyncio.get_running_loop().time() + first_token)
+            elif on_queued is not None:
+                on_queued(item.position)
             continue
-        head.append(delta)
-        if delta.text:
+        head.append(item)
+        if item.text:
             return head, False
     return head, True
 
 
 async def open_stream(
-    handle: ChatModelHandle,
+    model: ChatModel,
     messages: list[BaseMessage],
     params: dict[str, Any],
     policy: StreamPolicy,
     on_queued: OnQueued | None = None,
 ) -> ModelStream:
-    """Start an answer; returns once the first token is in. Raises ModelFailure."""
+    """Start an answer; returns once the first token is in. Raises ModelFailure. While it
+    waits for a busy model, `on_queued` is told its place in line."""
     attempt = 0
     while True:
-        stream = handle.stream(messages, params, on_queued)
+        stream = model.stream(messages, params)
         try:
-            wait = None if handle.queued else policy.first_token_timeout
+            wait = None if model.queued else policy.first_token_timeout
             async with asyncio.timeout(wait) as deadline:
-                head, ended = await _head(stream, deadline, policy.first_token_timeout)
-            return ModelStream(handle, head, None if ended else stream, policy)
+                head, ended = await _head(stream, deadline, policy.first_token_timeout, on_queued)
+            return ModelStream(model, head, None if ended else stream, policy)
         except TimeoutError:
             failure = ModelFailure(
                 "timeout", detail=f"no first token in {policy.first_token_timeout} s"
@@ -182,7 +194,7 @@ async def open_stream(
         if not failure.retryable or attempt >= policy.max_retries:
             raise failure
         wait = policy.delay(attempt, failure)
-        log.warning("model %s: %s; retry %d in %.1f s", handle.name, failure, attempt + 1, wait)
+        log.warning("model %s: %s; retry %d in %.1f s", model.name, failure, attempt + 1, wait)
         await asyncio.sleep(wait)
         attempt += 1
 

@@ -16,28 +16,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 from langchain_core.messages import BaseMessage
 
+from backend.common.settings import Settings
+from backend.llm.base import Delta, Queued, StreamItem
 from backend.llm.errors import ModelFailure, from_status
-from backend.llm.queue import OnQueued
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 PARAMS = ("max_tokens", "temperature", "top_p", "stop")
 
 
-@dataclass(slots=True)
-class Delta:
-    """One step of a streamed answer: `text` (may be empty), and on the last steps the
-    finish reason and the model's own token counts."""
+def wire_timeout(settings: Settings) -> httpx.Timeout:
+    """Reads are bounded by the stream's own first-token / between-token timeouts."""
+    read = max(settings.llm_first_token_timeout, settings.llm_token_timeout) + 5
+    return httpx.Timeout(read, connect=settings.llm_connect_timeout)
 
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens
-    admitted: bool = False  # a queued model's turn began (backend.llm.queue)
+
+def default_params(settings: Settings) -> dict[str, float | int]:
+    """What an answer asks of the model when its request does not say."""
+    return {"max_tokens": settings.max_tokens_default, "temperature": settings.temperature_default}
 
 
 def message_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -90,11 +90,8 @@ class ChatWire:
         return body
 
     async def stream(
-        self,
-        messages: list[BaseMessage],
-        params: Mapping[str, Any],
-        on_queued: OnQueued | None = None,
-    ) -> AsyncIterator[Delta]:
+        self, messages: list[BaseMessage], params: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
         """The answer's deltas. A server with a waiting line (our own local-model host)
         first sends `{"queue": {"position": n}}` chunks, n = 0 when the turn begins."""
         request = self.http.build_request("POST", self.url, json=self.payload(messages, params))
@@ -105,11 +102,7 @@ class ChatWire:
                 raise from_status(response.status_code, response.headers, _json(response))
             async for data in _events(response):
                 if "queue" in data:
-                    position = int(data["queue"]["position"])
-                    if position == 0:
-                        yield Delta(admitted=True)
-                    elif on_queued is not None:
-                        on_queued(position)
+                    yield Queued(int(data["queue"]["position"]))
                 elif (delta := _delta(data)) is not None:
                     yield delta
         finally:

@@ -9,12 +9,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 
-if TYPE_CHECKING:
-    from backend.retrieval.retriever import Passage
+from backend.retrieval.passage import Passage
 
 log = logging.getLogger(__name__)
 

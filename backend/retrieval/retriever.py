@@ -29,6 +29,7 @@ from langchain_core.embeddings import Embeddings
 
 from backend.retrieval.bm25 import BM25Encoder, SparseVector
 from backend.retrieval.filters import Filter
+from backend.retrieval.passage import Passage
 from backend.retrieval.rerank import Reranker
 from backend.retrieval.store import Match, VectorStore, rank
 
@@ -37,24 +38,6 @@ GroupBy = Literal["document", "chunk"]
 # Keys the service itself puts in chunk metadata.
 TEXT_KEY = "text"
 DOCUMENT_KEY = "document_id"
-
-
-@dataclass
-class Passage:
-    id: str
-    document_id: str
-    text: str
-    score: float
-    metadata: dict[str, Any]
-
-    def as_source(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "document_id": self.document_id,
-            "text": self.text,
-            "score": round(self.score, 6),
-            "metadata": self.metadata,
-        }
 
 
 @dataclass

@@ -17,7 +17,7 @@ from backend.db.answers import AnswerWrites
 from backend.db.batch import BatchLoader
 from backend.db.engine import create_engine, migrate, session_factory
 from backend.db.models import User
-from backend.llm import ChatModelHandle, ModelCatalog, build_models
+from backend.llm import ChatModel, ModelCatalog, build_models
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
@@ -143,7 +143,7 @@ async def build_documents(
 async def build_components(
     settings: Settings,
     *,
-    models: Sequence[ChatModelHandle] | None = None,
+    models: Sequence[ChatModel] | None = None,
     embeddings: Embeddings | None = None,
     store: VectorStore | None = None,
     metrics: Metrics | None = None,
@@ -164,7 +164,7 @@ async def build_components(
     log.info(
         "database: %s; chat models: %s; vector store: %s",
         engine.url.render_as_string(hide_password=True),
-        ", ".join(f"{h.name} ({h.provider})" for h in catalog.handles),
+        ", ".join(f"{h.name} ({h.provider})" for h in catalog.models),
         settings.resolved_vector_store,
     )
     limits = Limits(settings)

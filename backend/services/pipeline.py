@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import anyio
 
 from backend.common.settings import Settings
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from backend.llm.errors import ModelFailure
 from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
-from backend.retrieval.retriever import Passage
+from backend.retrieval.passage import Passage
 from backend.services.answer import Answer, AnswerObserver
 from backend.services.documents import DocumentService
 from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
@@ -31,7 +31,7 @@ class _Progress:
     """What the pipeline knows of an answer beyond the answer itself: the model that
     answers (or was tried last) and the token counts, the model's own and the prompt's."""
 
-    model: ChatModelHandle
+    model: ChatModel
     reported: dict[str, int] | None = None  # usage as the model reported it
     counted_prompt_tokens: int = 0  # as the prompt builder counted it
 
@@ -97,9 +97,7 @@ class AnswerPipeline:
         return found.passages
 
     # --- 2. prompt --------------------------------------------------------------------------
-    def _prompt(
-        self, turn: ChatTurn, model: ChatModelHandle, passages: list[Passage]
-    ) -> BuiltPrompt:
+    def _prompt(self, turn: ChatTurn, model: ChatModel, passages: list[Passage]) -> BuiltPrompt:
         return build_prompt(
             system=turn.system_prompt,
             history=history_messages(turn.history),
@@ -145,7 +143,7 @@ class AnswerPipeline:
         stream, prompt = opened
         progress.counted_prompt_tokens = prompt.prompt_tokens
         turn.answer.begin(
-            stream.handle.name, [p.as_source() for p in passages[: prompt.sources_used]]
+            stream.model.name, [p.as_source() for p in passages[: prompt.sources_used]]
         )
         return stream
 
@@ -161,10 +159,10 @@ class AnswerPipeline:
                     for observer in self.observers:
                         observer.began(answer)
         except ModelFailure as exc:
-            log.warning("model %s failed mid-answer: %s", stream.handle.name, exc)
+            log.warning("model %s failed mid-answer: %s", stream.model.name, exc)
             answer.fail(exc.code, exc.user_message())
         except Exception:
-            log.exception("model %s failed mid-answer", stream.handle.name)
+            log.exception("model %s failed mid-answer", stream.model.name)
             answer.fail("model_error", "The model failed while answering; please try again.")
 
     # --- 5. the end: stored and counted, then its readers see it ---------------------------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from backend.db.models import User
-    from backend.llm import ChatModelHandle
+    from backend.llm import ChatModel
     from backend.services.answer import Answer
 
 Scope = Literal["private", "shared"]
@@ -45,7 +45,7 @@ class ChatTurn:
 
     question: str
     history: list[tuple[str, str]]  # (role, content), oldest first
-    models: list[ChatModelHandle]  # the one chosen first, then the fallbacks
+    models: list[ChatModel]  # the one chosen first, then the fallbacks
     params: dict[str, Any]  # max_tokens, temperature, top_p, stop
     user: User
     retrieval: RetrievalOptions

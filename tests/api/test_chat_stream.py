@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from tests.helpers import (
     LiveServer,
     Serve,
@@ -194,7 +194,7 @@ def test_a_client_leaving_mid_stream_stops_generation_and_stores_interrupted(
 
 
 @pytest.mark.parametrize("model", [fake_model(["ok"], sleep=1.6)])
-def test_quiet_streams_get_keep_alive_pings(serve: Serve, model: ChatModelHandle) -> None:
+def test_quiet_streams_get_keep_alive_pings(serve: Serve, model: ChatModel) -> None:
     live = serve(model=model, sse_ping_seconds=1)
     http = live.http
     headers = register(http)

@@ -16,7 +16,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from backend import cli
 from backend.common.settings import parse_limit
 from backend.db import repository
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from backend.services import limits as limits_module
 from tests.helpers import (
     LiveServer,
@@ -91,7 +91,7 @@ def test_requests_per_user_on_chat_search_and_ingestion(serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("model", [fake_model(["slow " * 100], sleep=0.02)])
-def test_answers_streaming_at_once_per_user(serve: Serve, model: ChatModelHandle) -> None:
+def test_answers_streaming_at_once_per_user(serve: Serve, model: ChatModel) -> None:
     client = serve(model=model, limit_streams=1).http
     headers = register(client)
     meta, _, _ = read_then_leave(client, headers, 5, on_disconnect="finish")

@@ -14,7 +14,7 @@ from httpx_sse import connect_sse
 
 from backend.db import repository
 from backend.db.models import Message, utcnow
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from tests.helpers import (
     LiveServer,
     Serve,
@@ -29,7 +29,7 @@ REPLY = "".join(f"word{n} " for n in range(60))  # 360 characters
 
 
 @pytest.fixture
-def model() -> ChatModelHandle:
+def model() -> ChatModel:
     return fake_model([REPLY], sleep=0.01)  # one character each 10 ms: 3.6 s in all
 
 
@@ -130,7 +130,7 @@ def test_stop_ends_an_answer_that_would_finish(client: httpx.Client) -> None:
 
 
 def test_another_replica_resumes_through_the_database(
-    serve: Serve, model: ChatModelHandle, database_url: str
+    serve: Serve, model: ChatModel, database_url: str
 ) -> None:
     writer = serve(model=model, database_url=database_url)
     reader = serve(model=model, database_url=database_url)  # one database, two replicas
@@ -153,7 +153,7 @@ def wait_for_status(
 
 
 def test_another_replica_stops_an_answer_through_the_database(
-    serve: Serve, model: ChatModelHandle, database_url: str
+    serve: Serve, model: ChatModel, database_url: str
 ) -> None:
     writer = serve(model=model, database_url=database_url)
     other = serve(model=model, database_url=database_url)
@@ -176,7 +176,7 @@ def test_another_replica_stops_an_answer_through_the_database(
 
 
 def test_an_answer_in_one_json_response_is_stopped_like_a_stream(
-    serve: Serve, model: ChatModelHandle, sqlite_url: str
+    serve: Serve, model: ChatModel, sqlite_url: str
 ) -> None:
     writer = serve(model=model, database_url=sqlite_url)
     other = serve(model=model, database_url=sqlite_url)

@@ -11,7 +11,7 @@ from httpx_sse import connect_sse
 from streamlit.testing.v1 import AppTest
 
 from backend.common.settings import Settings
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from frontend.client import BackendError
 from tests.helpers import LiveServer, Serve, fake_model, ingest, register
 
@@ -205,7 +205,7 @@ def upload(app: AppTest, name: str, content: bytes, mime: str = "text/plain") ->
 
 
 @pytest.fixture
-def small_uploads(serve: Serve, model: ChatModelHandle) -> LiveServer:
+def small_uploads(serve: Serve, model: ChatModel) -> LiveServer:
     """A server that publishes for `publisher` and takes files up to 3 MiB."""
     return serve(model=model, publishers=["publisher"], max_upload_bytes=3 * 2**20 + 5)
 

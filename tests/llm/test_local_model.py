@@ -10,7 +10,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from backend.llm import ChatModelHandle
+from backend.llm import ChatModel
 from backend.llm.local import LlamaCppChatModel, build_local_model
 from tests.helpers import LiveServer, Serve, make_settings, register, stream_chat
 
@@ -18,14 +18,14 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModelHandle]:
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatModel]:
     handle = build_local_model(make_settings(tmp_path_factory.mktemp("model"), "sqlite://"))
     yield handle
     asyncio.run(handle.aclose())
 
 
 @pytest.fixture
-def real_server(serve: Serve, smollm2: ChatModelHandle) -> LiveServer:
+def real_server(serve: Serve, smollm2: ChatModel) -> LiveServer:
     return serve(model=smollm2)
 
 

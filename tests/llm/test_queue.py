@@ -14,8 +14,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from backend.common.errors import ModelBusy
-from backend.llm import ChatModelHandle
-from backend.llm.queue import ModelQueue
+from backend.llm.queue import ModelQueue, QueuedModel
 from tests.helpers import (
     LiveServer,
     RecordingFakeChatModel,
@@ -34,10 +33,15 @@ async def test_the_line_admits_in_order_tells_positions_and_lets_leavers_go() ->
     release = asyncio.Event()
 
     async def answer(name: str) -> None:
-        async with line.turn(told[name].append if name in told else None):
+        place = line.join()
+        try:
+            async for position in place.moves():
+                told[name].append(position)
             order.append(name)
             if name == "a":
                 await release.wait()
+        finally:
+            place.leave()
 
     a = asyncio.create_task(answer("a"))
     await asyncio.sleep(0)
@@ -51,6 +55,7 @@ async def test_the_line_admits_in_order_tells_positions_and_lets_leavers_go() ->
 
     b.cancel()  # b leaves: c moves up, and a place is free again
     await asyncio.gather(b, return_exceptions=True)
+    await asyncio.sleep(0)
     assert told["c"] == [2, 1]
     line.check()
 
@@ -61,10 +66,15 @@ async def test_the_line_admits_in_order_tells_positions_and_lets_leavers_go() ->
     assert not line.waiting
 
 
-def queued_model(reply: str, *, sleep: float, max_waiting: int) -> ChatModelHandle:
-    handle = fake_model([reply], sleep=sleep)
-    handle.queue = ModelQueue(max_waiting=max_waiting)
-    return handle
+def queued_model(reply: str, *, sleep: float, max_waiting: int) -> QueuedModel:
+    fake = fake_model([reply], sleep=sleep)
+    return QueuedModel(
+        name=fake.name,
+        provider=fake.provider,
+        chat=fake.chat,
+        context_window=fake.context_window,
+        queue=ModelQueue(max_waiting=max_waiting),
+    )
 
 
 def _stream_in_thread(
@@ -86,7 +96,7 @@ def _stream_in_thread(
 class Held:
     """A server whose queued model is answering a first chat (`first`, read by `holder`)."""
 
-    model: ChatModelHandle
+    model: QueuedModel
     live: LiveServer
     headers: dict[str, str]
     first: list[tuple[str, Any]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from backend.api.schemas import DocumentIn
 from backend.retrieval.chunking import chunk_text
-from backend.retrieval.retriever import Passage, group_by_document
+from backend.retrieval.passage import Passage
+from backend.retrieval.retriever import group_by_document
 from backend.services.ingestion import contextual_texts
 
 

@@ -16,7 +16,8 @@ from backend.common.errors import InvalidInput
 from backend.db.answers import AnswerWrites
 from backend.db.models import User
 from backend.llm import ModelCatalog, UnknownModel
-from backend.retrieval.retriever import Passage, SearchResult
+from backend.retrieval.passage import Passage
+from backend.retrieval.retriever import SearchResult
 from backend.services.answer import Answer, AnswerObserver
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService

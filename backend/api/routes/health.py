@@ -40,7 +40,7 @@ async def ready(components: ComponentsDep) -> JSONResponse:
             "provider": models.default.provider,
             "loaded": loaded,
         },
-        "models": [{"name": h.name, "provider": h.provider} for h in models.handles],
+        "models": [{"name": h.name, "provider": h.provider} for h in models.models],
     }
     return JSONResponse(body, status_code=200 if database and loaded else 503)
 
@@ -57,6 +57,6 @@ async def models(components: ComponentsDep, _user: CurrentUser) -> ModelsPublic:
                 context_window=h.context_window,
                 default=h is router_.default,
             )
-            for h in router_.handles
+            for h in router_.models
         ]
     )

@@ -76,7 +76,7 @@ async def list_models(models: ModelsDep, _user: CurrentUser) -> dict[str, Any]:
         "object": "list",
         "data": [
             {"id": h.name, "object": "model", "created": STARTED, "owned_by": h.provider}
-            for h in models.handles
+            for h in models.models
         ],
     }
 

@@ -1,0 +1,25 @@
+"""A passage found by a search: a chunk's text, the document it is from, its score and
+metadata; what the retriever returns, the reranker rescores and answers cite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Passage:
+    id: str
+    document_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+    def as_source(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "document_id": self.document_id,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "metadata": self.metadata,
+        }
