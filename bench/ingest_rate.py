@@ -22,7 +22,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pydantic import SecretStr
 
-from backend.api.schemas import DocumentIn
 from backend.cli.sources import batches, jsonl_documents
 from backend.common.settings import Settings
 from backend.db import repository
@@ -30,11 +29,11 @@ from backend.db.engine import session_factory
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.embeddings import build_embeddings
 from backend.services.components import build_documents, open_database
-from backend.services.ingestion import contextual_texts
+from backend.services.ingestion import NewDocument, contextual_texts
 
 
 async def ingest(
-    settings: Settings, documents: list[DocumentIn], batch_size: int, embeddings: Any, ray: int
+    settings: Settings, documents: list[NewDocument], batch_size: int, embeddings: Any, ray: int
 ) -> tuple[int, float]:
     """Chunks stored and seconds, into a fresh store."""
     with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp:

@@ -19,6 +19,8 @@ from backend.db.models import User
 from backend.llm import ModelCatalog
 from backend.services.chat import ChatService
 from backend.services.components import Components
+from backend.services.documents import DocumentService
+from backend.services.limits import Limits
 from backend.services.security import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -122,3 +124,25 @@ async def get_models(components: ComponentsDep) -> ModelCatalog:
 
 
 ModelsDep = Annotated[ModelCatalog, Depends(get_models)]
+
+
+async def get_documents(components: ComponentsDep) -> DocumentService:
+    return components.documents
+
+
+DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
+
+
+async def get_limits(components: ComponentsDep) -> Limits:
+    return components.limits
+
+
+LimitsDep = Annotated[Limits, Depends(get_limits)]
+
+
+async def database_ok(components: ComponentsDep) -> bool:
+    """Whether the database answers now (readiness)."""
+    return await components.database_ok()
+
+
+DatabaseOk = Annotated[bool, Depends(database_ok)]

@@ -1,6 +1,10 @@
-"""Errors as HTTP responses: each `ServiceError` kind has one status; errors of the lower
-layers (an unknown model, a prompt that cannot fit) are given the request field they are
-about here, so the layers below know nothing of HTTP. Under `/v1`, OpenAI's error shape."""
+"""Errors as HTTP responses: each `ServiceError` kind has one status. The services name
+the domain field an error is about (`("retrieval", "filter")`, `("conversation_id",)`);
+here it gets its place in the request: a path parameter of the route, else a query
+parameter, else the body. Errors of the lower layers (an unknown model, a prompt that
+cannot fit, a malformed filter) are given their field here too, so the layers below know
+nothing of HTTP. What the web layer refuses itself (a header, text no database can store)
+it raises located, in FastAPI's own shape (`invalid_request`). Under `/v1`, OpenAI's."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from backend.common.errors import (
     UpstreamFailed,
 )
 from backend.llm import UnknownModel
+from backend.retrieval.filters import FilterError
 from backend.services.prompt import PromptTooLong
 
 ERROR_STATUS: dict[type[ServiceError], int] = {
@@ -51,11 +56,27 @@ OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 
-# Errors of the layers below the API, and the request field each is about.
+# Errors of the layers below the services, and the field each is about.
 REQUEST_FIELDS: dict[type[Exception], tuple[str, ...]] = {
-    UnknownModel: ("body", "model"),
-    PromptTooLong: ("body", "message"),
+    UnknownModel: ("model",),
+    PromptTooLong: ("message",),
+    FilterError: ("filter",),
 }
+
+
+def invalid_request(location: tuple[str | int, ...], message: str) -> RequestValidationError:
+    """A 422 for what the web layer refuses itself, at `location` (`("header", name)`)."""
+    return RequestValidationError([{"type": "value_error", "loc": location, "msg": message}])
+
+
+def _located(request: Request, field: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Where a domain field sits in this request."""
+    name = field[0]
+    if name in request.path_params:
+        return ("path", *field)
+    if isinstance(name, str) and name in request.query_params:
+        return ("query", *field)
+    return ("body", *field)
 
 
 def _is_openai(request: Request) -> bool:
@@ -88,7 +109,7 @@ def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     if isinstance(exc, RetryLater):
         headers["Retry-After"] = str(exc.retry_after)
     if _is_openai(request):
-        param = ".".join(str(p) for p in exc.field[1:]) if exc.field else None
+        param = ".".join(str(p) for p in exc.field) if exc.field else None
         code = exc.code or ("invalid_api_key" if status == 401 else None)
         # OpenAI answers a bad parameter with 400, where the native API says 422.
         status = 400 if status == 422 else status
@@ -96,7 +117,8 @@ def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
     detail: object = exc.detail
     if status == 422 and exc.field:
         # The same shape as FastAPI's own validation errors, so clients parse one format.
-        detail = [{"loc": list(exc.field), "msg": exc.detail, "type": "value_error"}]
+        location = _located(request, exc.field)
+        detail = [{"loc": list(location), "msg": exc.detail, "type": "value_error"}]
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 

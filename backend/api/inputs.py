@@ -10,20 +10,18 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from backend.common.errors import InvalidInput
+from backend.api.errors import invalid_request
 
 MAX_OFFSET = 1_000_000_000  # past any real listing; larger numbers overflow the database
 
 
 def refuse_unstorable_text(value: str, where: tuple[str | int, ...]) -> None:
     if "\x00" in value:
-        raise InvalidInput("must not contain NUL characters", field=where)
+        raise invalid_request(where, "must not contain NUL characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(
-            "is not valid Unicode (it holds a lone surrogate)", field=where
-        ) from None
+        raise invalid_request(where, "is not valid Unicode (it holds a lone surrogate)") from None
 
 
 def _walk(value: Any, where: tuple[str | int, ...]) -> None:

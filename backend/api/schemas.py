@@ -6,10 +6,23 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from backend.retrieval.filters import FilterError, validate_filter
 from backend.services.answer import Answer
+from backend.services.ingestion import NewDocument
 from backend.services.turns import ChatOptions, RetrievalOptions
+
+
+def well_formed_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A metadata filter in Pinecone's language, or a 422 naming its offending part."""
+    if value is not None:
+        try:
+            validate_filter(value)
+        except FilterError as exc:
+            raise PydanticCustomError("filter", "{problem}", {"problem": str(exc)}) from exc
+    return value
 
 
 class UserCreate(BaseModel):
@@ -157,6 +170,12 @@ class RetrievalRequest(BaseModel):
         "default: the setting RETRIEVAL_GROUP_BY.",
     )
 
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        # With retrieval off the filter is not used, nor judged.
+        return well_formed_filter(value) if info.data.get("enabled", True) else value
+
 
 class GenerationOptions(BaseModel):
     """How to answer: the options /chat, regenerate and /v1 share."""
@@ -252,6 +271,9 @@ class DocumentIn(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(None, max_length=500, description="Where it came from.")
 
+    def to_domain(self) -> NewDocument:
+        return NewDocument(text=self.text, id=self.id, metadata=self.metadata, source=self.source)
+
 
 class DocumentsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -302,6 +324,11 @@ class SearchRequest(BaseModel):
         description="`document`: the best `top_k` documents, each with its best passages "
         "merged; `chunk`: the best `top_k` chunks; default: the setting RETRIEVAL_GROUP_BY.",
     )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return well_formed_filter(value)
 
 
 class SourcePublic(BaseModel):

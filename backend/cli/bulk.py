@@ -13,9 +13,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from backend.api.schemas import DocumentIn
 from backend.retrieval.chunking import chunk_text
-from backend.services.ingestion import contextual_texts
+from backend.services.ingestion import NewDocument, contextual_texts
 
 RAY_MISSING = "--ray needs Ray: `.venv/bin/pip install -r requirements-ray.txt`"
 
@@ -38,7 +37,7 @@ class _Chunker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = []
         for raw in batch["document"]:
-            document = DocumentIn.model_validate_json(raw)
+            document = NewDocument.from_json(raw)
             chunks = chunk_text(document.text, size=self.size, overlap=self.overlap)
             texts.append(
                 contextual_texts(document, chunks) if self.contextual else [c.text for c in chunks]
@@ -79,13 +78,13 @@ class RayEmbedded:
 
     def batches(
         self,
-        documents: Sequence[DocumentIn],
+        documents: Sequence[NewDocument],
         *,
         settings: Any,
         workers: int,
         batch_size: int,
         address: str | None = None,
-    ) -> Iterator[list[DocumentIn]]:
+    ) -> Iterator[list[NewDocument]]:
         ray = import_ray()
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -96,7 +95,7 @@ class RayEmbedded:
             "embedding_batch_size": settings.embedding_batch_size,
         }
         dataset = (
-            ray.data.from_items([{"document": d.model_dump_json()} for d in documents])
+            ray.data.from_items([{"document": d.to_json()} for d in documents])
             .map_batches(
                 _Chunker,
                 fn_constructor_args=(
@@ -121,4 +120,4 @@ class RayEmbedded:
                 for texts, vectors in zip(batch["texts"], batch["vectors"], strict=True)
                 for text, vector in zip(texts, vectors, strict=True)
             }
-            yield [DocumentIn.model_validate_json(raw) for raw in batch["document"]]
+            yield [NewDocument.from_json(raw) for raw in batch["document"]]

@@ -34,12 +34,11 @@ log = logging.getLogger("backend.cli")
 async def _ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.api.schemas import DocumentIn
     from backend.common.settings import settings_or_exit
     from backend.db import repository
     from backend.db.engine import session_factory
     from backend.services.components import build_documents, open_database
-    from backend.services.ingestion import Identity
+    from backend.services.ingestion import Identity, NewDocument
 
     settings = settings_or_exit()
     if args.ray:
@@ -61,7 +60,7 @@ async def _ingest(args: argparse.Namespace) -> int:
         counts: dict[str, int] = defaultdict(int)
         chunks = 0
         progress = tqdm(unit="doc", desc="ingesting", disable=args.quiet)
-        todo: Iterable[list[DocumentIn]] = batches(iter_documents(args.paths), args.batch_size)
+        todo: Iterable[list[NewDocument]] = batches(iter_documents(args.paths), args.batch_size)
         embed = None
         if args.ray:
             from backend.cli.bulk import RayEmbedded

@@ -9,13 +9,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.api.schemas import DocumentIn
 from backend.retrieval.extract import SUPPORTED, UnreadableFile, extract_text, kind_of
+from backend.services.ingestion import NewDocument
 
 log = logging.getLogger(__name__)
 
 
-def jsonl_documents(path: Path) -> Iterator[DocumentIn]:
+def jsonl_documents(path: Path) -> Iterator[NewDocument]:
     """JSONL lines `{id?, text, metadata?}` or BEIR's `{_id, title?, text, metadata?}`."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -32,7 +32,7 @@ def jsonl_documents(path: Path) -> Iterator[DocumentIn]:
             metadata = {k: v for k, v in (item.get("metadata") or {}).items() if v is not None}
             if item.get("title"):
                 metadata.setdefault("title", item["title"])
-            yield DocumentIn(
+            yield NewDocument(
                 text=text,
                 id=str(item.get("id") or item.get("_id") or "") or None,
                 metadata=metadata,
@@ -40,7 +40,7 @@ def jsonl_documents(path: Path) -> Iterator[DocumentIn]:
             )
 
 
-def file_document(path: Path, root: Path) -> DocumentIn | None:
+def file_document(path: Path, root: Path) -> NewDocument | None:
     kind = kind_of(path.name, None)
     if kind is None:
         return None
@@ -56,10 +56,10 @@ def file_document(path: Path, root: Path) -> DocumentIn | None:
     metadata: dict[str, Any] = {"title": info.get("title") or path.stem}
     if "pages" in info:
         metadata["pages"] = info["pages"]
-    return DocumentIn(text=text, id=relative.replace("#", "_"), metadata=metadata, source=relative)
+    return NewDocument(text=text, id=relative.replace("#", "_"), metadata=metadata, source=relative)
 
 
-def iter_documents(paths: Sequence[Path]) -> Iterator[DocumentIn]:
+def iter_documents(paths: Sequence[Path]) -> Iterator[NewDocument]:
     for path in paths:
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -76,8 +76,8 @@ def iter_documents(paths: Sequence[Path]) -> Iterator[DocumentIn]:
             raise SystemExit(f"{path}: no such file or folder")
 
 
-def batches(items: Iterator[DocumentIn], size: int) -> Iterator[list[DocumentIn]]:
-    batch: list[DocumentIn] = []
+def batches(items: Iterator[NewDocument], size: int) -> Iterator[list[NewDocument]]:
+    batch: list[NewDocument] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.common.errors import InvalidInput
-
 COMPARISON = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"}
 LOGICAL = {"$and", "$or"}
 MAX_DEPTH = 8
@@ -42,17 +40,6 @@ def _is_number(value: Any) -> bool:
 def validate_filter(filter_: Any, path: str = "filter") -> Filter:
     """Return `filter_` if it is well-formed, else raise FilterError naming the bad part."""
     _validate(filter_, path, 0)
-    return filter_
-
-
-def checked_filter(filter_: Any, field: tuple[str, ...]) -> Any:
-    """`filter_` if well-formed (or None), else InvalidInput naming the offending path;
-    `field` says where the filter sits in the request."""
-    if filter_ is not None:
-        try:
-            validate_filter(filter_)
-        except FilterError as exc:
-            raise InvalidInput(f"{exc.path}: {exc.message}", field=field) from exc
     return filter_
 
 

@@ -18,7 +18,6 @@ from backend.db import repository
 from backend.db.answers import AnswerWrites
 from backend.db.models import Message, MessageStatus, User, new_id, utcnow
 from backend.llm import ModelCatalog
-from backend.retrieval.filters import checked_filter
 from backend.services.answer import Answer
 from backend.services.events import AnswerEvent
 from backend.services.pipeline import AnswerPipeline
@@ -55,7 +54,7 @@ class ChatService:
         if max_tokens > self.settings.max_tokens_limit:
             raise InvalidInput(
                 f"max_tokens must be at most {self.settings.max_tokens_limit}",
-                field=("body", "max_tokens"),
+                field=("max_tokens",),
             )
         params: dict[str, Any] = {
             "max_tokens": max_tokens,
@@ -85,8 +84,6 @@ class ChatService:
         """The one place a turn is made: the request's options checked and resolved."""
         params = self._params(options)
         models = self.models.choose(options.model, question)
-        if options.retrieval.enabled:
-            checked_filter(options.retrieval.filter, ("body", "retrieval", "filter"))
         answer = Answer(
             message_id=new_id(),
             user_id=user.id,
@@ -127,7 +124,7 @@ class ChatService:
             raise InvalidInput(
                 f"message is {len(message)} characters long; the limit is "
                 f"{self.settings.max_message_chars}",
-                field=("body", "message"),
+                field=("message",),
             )
         turn = self._turn(
             user=user,
@@ -138,7 +135,7 @@ class ChatService:
         )
         await self._admit(turn)
         if persist:
-            branch = await self._branch(user, conversation_id, ("body", "conversation_id"))
+            branch = await self._branch(user, conversation_id)
             if history is None:
                 turn.history = [(m.role, m.content) for m in branch if m.content]
             await self._store_question(turn, conversation_id, branch)
@@ -156,9 +153,7 @@ class ChatService:
             budget=model.context_window - turn.params["max_tokens"],
         )
 
-    async def _branch(
-        self, user: User, conversation_id: str | None, field: tuple[str, ...]
-    ) -> list[Message]:
+    async def _branch(self, user: User, conversation_id: str | None) -> list[Message]:
         """The conversation's current thread, oldest first (none for a new conversation);
         404 if it is not the user's."""
         if conversation_id is None:
@@ -168,7 +163,7 @@ class ChatService:
                 session=session, user_id=user.id, conversation_id=conversation_id
             )
             if conversation is None:
-                raise NotFound("conversation not found", field=field)
+                raise NotFound("conversation not found", field=("conversation_id",))
             stored = await repository.conversation_messages(
                 session=session, conversation_id=conversation_id
             )
@@ -195,12 +190,12 @@ class ChatService:
     ) -> ChatTurn:
         """A new answer to the conversation's last question, beside the previous ones (the
         old answer stays, as a sibling branch)."""
-        branch = await self._branch(user, conversation_id, ("path", "conversation_id"))
+        branch = await self._branch(user, conversation_id)
         questions = [i for i, m in enumerate(branch) if m.role == "user"]
         if not questions:
             raise InvalidInput(
                 "the conversation has no question to answer again",
-                field=("path", "conversation_id"),
+                field=("conversation_id",),
             )
         question = branch[questions[-1]]
         turn = self._turn(
@@ -272,9 +267,9 @@ async def owned_answer(
         session=session, user_id=user.id, message_id=message_id
     )
     if message is None:
-        raise NotFound("message not found", field=("path", "message_id"))
+        raise NotFound("message not found", field=("message_id",))
     if message.role != "assistant":
-        raise InvalidInput(f"only answers {only_answers}", field=("path", "message_id"))
+        raise InvalidInput(f"only answers {only_answers}", field=("message_id",))
     return message
 
 

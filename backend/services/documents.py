@@ -18,7 +18,6 @@ from typing import Any, Literal
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.api.schemas import DocumentIn
 from backend.common.errors import (
     Conflict,
     Forbidden,
@@ -33,10 +32,11 @@ from backend.db import repository
 from backend.db.models import Document, User, utcnow
 from backend.retrieval.bm25 import CorpusDelta
 from backend.retrieval.chunking import chunk_text
-from backend.retrieval.filters import checked_filter
+from backend.retrieval.filters import FilterError
 from backend.retrieval.retriever import GroupBy, HybridRetriever, SearchResult
 from backend.services.ingestion import (
     Identity,
+    NewDocument,
     Preparation,
     check_metadata,
     embed_chunks,
@@ -122,18 +122,18 @@ class DocumentService:
         return [namespace_of(user.id, s) for s in dict.fromkeys(scopes or everywhere)]
 
     # --- ingestion -------------------------------------------------------------------------
-    def validate(self, documents: Sequence[DocumentIn]) -> None:
+    def validate(self, documents: Sequence[NewDocument]) -> None:
         if not documents:
-            raise InvalidInput("send at least one document", field=("body", "documents"))
+            raise InvalidInput("send at least one document", field=("documents",))
         if len(documents) > self.settings.max_documents_per_request:
             raise InvalidInput(
                 f"at most {self.settings.max_documents_per_request} documents per request; "
                 "use the command-line ingester for large corpora",
-                field=("body", "documents"),
+                field=("documents",),
             )
-        seen: dict[str, DocumentIn] = {}
+        seen: dict[str, NewDocument] = {}
         for i, doc in enumerate(documents):
-            where = ("body", "documents", i)
+            where = ("documents", i)
             if not doc.text.strip():
                 raise InvalidInput("text must not be empty", field=(*where, "text"))
             if len(doc.text) > self.settings.max_document_chars:
@@ -158,7 +158,7 @@ class DocumentService:
         self,
         *,
         user: User,
-        documents: Sequence[DocumentIn],
+        documents: Sequence[NewDocument],
         scope: Scope = "private",
         operator: bool = False,
     ) -> list[IngestResult]:
@@ -175,7 +175,7 @@ class DocumentService:
         self,
         *,
         user: User,
-        batches: Iterable[Sequence[DocumentIn]],
+        batches: Iterable[Sequence[NewDocument]],
         scope: Scope = "private",
         operator: bool = False,
         embed: Callable[[list[str]], list[list[float]]] | None = None,
@@ -188,7 +188,7 @@ class DocumentService:
         embed = embed or self.retriever.embeddings.embed_documents
 
         async def prepare(
-            batch: Sequence[DocumentIn],
+            batch: Sequence[NewDocument],
         ) -> tuple[list[Preparation], list[IngestResult]]:
             self.validate(batch)
             prepared, results = await self._prepare(user, namespace, batch)
@@ -224,7 +224,7 @@ class DocumentService:
                     await ahead
 
     async def unchanged(
-        self, *, user: User, documents: Sequence[DocumentIn], scope: Scope = "private"
+        self, *, user: User, documents: Sequence[NewDocument], scope: Scope = "private"
     ) -> set[str]:
         """The ids of those `documents` that are stored exactly as they are (a re-run of
         the bulk ingester skips them before any work)."""
@@ -237,7 +237,7 @@ class DocumentService:
         return {i for i, d in stored.items() if d.revision == identities[i].revision}
 
     async def _prepare(
-        self, user: User, namespace: str, documents: Sequence[DocumentIn]
+        self, user: User, namespace: str, documents: Sequence[NewDocument]
     ) -> tuple[list[Preparation], list[IngestResult]]:
         identities = [Identity.of(doc) for doc in documents]
         # Several documents of one id in one request (the same text twice, say): the last
@@ -273,7 +273,7 @@ class DocumentService:
         if stored is not None and stored.owner_id != user.id:
             raise Conflict(
                 f"document id {stored.id!r} belongs to another publisher in {namespace!r}",
-                field=("body", "documents"),
+                field=("documents",),
             )
 
     async def _recheck(
@@ -380,12 +380,12 @@ class DocumentService:
             if scope is not None:
                 found = [d for d in found if d.namespace == namespace_of(user.id, scope)]
             if not found:
-                raise NotFound("document not found", field=("path", "document_id"))
+                raise NotFound("document not found", field=("document_id",))
             if len(found) > 1:
                 raise InvalidInput(
                     "you have a document with this id in several namespaces; "
                     "add ?namespace=private or ?namespace=shared",
-                    field=("query", "namespace"),
+                    field=("namespace",),
                 )
             document = found[0]
             await repository.apply_corpus_delta(
@@ -409,9 +409,9 @@ class DocumentService:
         top_k: int | None,
         alpha: float | None,
         group_by: GroupBy | None = None,
-        field_prefix: tuple[str, ...] = ("body",),
     ) -> SearchResult:
-        checked_filter(filter_, (*field_prefix, "filter"))
+        """The best passages for `query` in the user's namespaces; `filter_` is a valid
+        filter (the schemas check what requests send; a malformed one raises FilterError)."""
         await self._refresh_stats()
         try:
             result = await self.retriever.search(
@@ -423,6 +423,8 @@ class DocumentService:
                 group_by=group_by or self.settings.retrieval_group_by,
                 per_document=self.settings.retrieval_passages_per_document,
             )
+        except FilterError:
+            raise
         except Exception as exc:
             log.exception("search failed")
             raise Unavailable("the vector store could not be searched; try again") from exc

@@ -10,10 +10,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backend.api.schemas import DocumentIn
 from backend.common.errors import InvalidInput
 from backend.db.models import Document
 from backend.retrieval.bm25 import BM25Encoder, CorpusDelta, TermCounts
@@ -36,6 +35,24 @@ def stored_chunk_ids(document: Document) -> list[str]:
 
 
 @dataclass
+class NewDocument:
+    """A document to ingest, as the API, the command line and the bulk pipeline hand it in:
+    its text, your id (re-sending it replaces the document), metadata, where it came from."""
+
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str) -> NewDocument:
+        return cls(**json.loads(raw))
+
+
+@dataclass
 class Identity:
     """Who a document is: its id (given, or derived from its text), the hash of its text,
     and a revision that changes with its text, metadata or source."""
@@ -45,7 +62,7 @@ class Identity:
     revision: str
 
     @classmethod
-    def of(cls, document: DocumentIn) -> Identity:
+    def of(cls, document: NewDocument) -> Identity:
         content_hash = hashlib.sha256(document.text.encode()).hexdigest()
         revision = hashlib.sha256(
             (
@@ -62,7 +79,7 @@ class Preparation:
     """One document on its way into the store: its chunks as records, what they add to
     the BM25 statistics, and the stored document it replaces (if any)."""
 
-    document: DocumentIn
+    document: NewDocument
     identity: Identity
     chunks: list[Chunk]
     old: Document | None
@@ -108,7 +125,7 @@ def check_metadata(metadata: Any, where: tuple[str | int, ...]) -> None:
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
-def contextual_texts(document: DocumentIn, chunks: Sequence[Chunk]) -> list[str]:
+def contextual_texts(document: NewDocument, chunks: Sequence[Chunk]) -> list[str]:
     """Each chunk's text as the encoders read it: headed by its document's title and the
     Markdown headings it sits under, so that a passage far from its title still carries
     it (the stored passage stays the original text). What a chunk already begins with is

@@ -21,6 +21,11 @@ from tests.helpers import register
         ({"message": "hi", "temperature": 3}, ["body", "temperature"], "less than or equal to 2"),
         ({"message": "hi", "model": "gpt-17"}, ["body", "model"], "unknown model 'gpt-17'"),
         ({"message": "hi", "unexpected": 1}, ["body", "unexpected"], "Extra inputs"),
+        (
+            {"message": "hi", "retrieval": {"filter": {"year": {"$gt": "x"}}}},
+            ["body", "retrieval", "filter"],
+            "filter.year.$gt: expected a number",
+        ),
     ],
 )
 def test_bad_chat_requests_are_422_and_store_nothing(

@@ -3,17 +3,16 @@ document."""
 
 from __future__ import annotations
 
-from backend.api.schemas import DocumentIn
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.passage import Passage
 from backend.retrieval.retriever import group_by_document
-from backend.services.ingestion import contextual_texts
+from backend.services.ingestion import NewDocument, contextual_texts
 
 
 def test_every_chunk_is_read_with_its_title_and_headings() -> None:
     body = "Glaciers retreat as the climate warms. " * 30
     text = f"# Ice\n\n## Alpine glaciers\n\n{body}\n\n## Polar caps\n\n{body}"
-    document = DocumentIn(text=text, metadata={"title": "A survey of ice"})
+    document = NewDocument(text=text, metadata={"title": "A survey of ice"})
     chunks = chunk_text(text, size=400, overlap=50)
     texts = contextual_texts(document, chunks)
     assert len(texts) == len(chunks) > 4
@@ -28,12 +27,12 @@ def test_every_chunk_is_read_with_its_title_and_headings() -> None:
 
 
 def test_a_chunk_that_begins_with_its_title_is_left_as_it_is() -> None:
-    document = DocumentIn(
+    document = NewDocument(
         text="Syncope\n\nBathing syncope in infants.", metadata={"title": "Syncope"}
     )
     chunks = chunk_text(document.text, size=800, overlap=0)
     assert contextual_texts(document, chunks) == [chunks[0].text]
-    untitled = DocumentIn(text="Plain text, no headings.")
+    untitled = NewDocument(text="Plain text, no headings.")
     assert contextual_texts(untitled, chunk_text(untitled.text, size=800, overlap=0)) == [
         "Plain text, no headings."
     ]

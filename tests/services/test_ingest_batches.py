@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.api.schemas import DocumentIn
 from backend.db import repository
 from backend.db.engine import session_factory
 from backend.db.models import User
 from backend.services.components import build_documents, open_database
 from backend.services.documents import DocumentService
+from backend.services.ingestion import NewDocument
 from tests.helpers import fake_embeddings, make_settings
 
 
@@ -32,8 +32,8 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[DocumentService, User]]
     await engine.dispose()
 
 
-def _doc(id_: str, text: str) -> DocumentIn:
-    return DocumentIn(id=id_, text=text, metadata={"title": f"About {id_}"})
+def _doc(id_: str, text: str) -> NewDocument:
+    return NewDocument(id=id_, text=text, metadata={"title": f"About {id_}"})
 
 
 BATCHES = [

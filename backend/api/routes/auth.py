@@ -5,7 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from backend.api.deps import ClientAddress, ComponentsDep, CurrentUser, SessionDep
+from backend.api.deps import (
+    ClientAddress,
+    CurrentUser,
+    DocumentsDep,
+    LimitsDep,
+    SessionDep,
+    SettingsDep,
+)
 from backend.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -31,17 +38,21 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
 async def register(
-    user_in: UserCreate, session: SessionDep, components: ComponentsDep, address: ClientAddress
+    user_in: UserCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    address: ClientAddress,
 ) -> UserPublic:
     """Create an account (when REGISTRATION is open; LIMIT_REGISTRATIONS per address)."""
-    if components.settings.registration == "closed":
+    if settings.registration == "closed":
         raise Forbidden(
             "registration is closed; the operator creates accounts "
             "(python -m backend.cli users add)"
         )
-    await components.limits.registration(address)
+    await limits.registration(address)
     if await repository.get_user_by_username(session=session, username=user_in.username):
-        raise Conflict("username is already taken", field=("body", "username"))
+        raise Conflict("username is already taken", field=("username",))
     user = await repository.create_user(
         session=session,
         username=user_in.username,
@@ -55,16 +66,16 @@ async def register(
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
-    components: ComponentsDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
     address: ClientAddress,
 ) -> Token:
     """Exchange username and password for a bearer token (OAuth2 password flow); after
     LIMIT_LOGIN_FAILURES for a username or an address, 429 until the window passes."""
-    settings = components.settings
-    await components.limits.before_sign_in(form.username, address)
+    await limits.before_sign_in(form.username, address)
     user = await repository.get_user_by_username(session=session, username=form.username)
     if user is None or not verify_password(user.password_hash, form.password):
-        await components.limits.sign_in_failed(form.username, address)
+        await limits.sign_in_failed(form.username, address)
         raise NotAuthenticated("incorrect username or password")
     if not user.is_active:
         raise NotAuthenticated("this account is disabled")
@@ -77,14 +88,14 @@ async def login(
 
 
 @router.get("/me", response_model=Me)
-async def me(user: CurrentUser, components: ComponentsDep) -> Me:
+async def me(user: CurrentUser, documents: DocumentsDep, settings: SettingsDep) -> Me:
     """The caller's account and what it may do: publish to the shared namespace, upload
     files up to a size."""
     return Me(
         **UserPublic.model_validate(user).model_dump(),
-        can_publish=components.documents.can_publish(user),
+        can_publish=documents.can_publish(user),
         is_admin=user.is_admin,
-        max_upload_bytes=components.settings.max_upload_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
     )
 
 
@@ -117,7 +128,7 @@ async def revoke_api_key(key_id: str, user: CurrentUser, session: SessionDep) ->
     """Revoke one of your API keys."""
     key = await repository.get_api_key(session=session, user_id=user.id, key_id=key_id)
     if key is None:
-        raise NotFound("API key not found", field=("path", "key_id"))
+        raise NotFound("API key not found", field=("key_id",))
     await session.delete(key)
     await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from backend.api.deps import AnsweringUser, ChatServiceDep, CurrentUser, SessionDep, SettingsDep
+from backend.api.errors import invalid_request
 from backend.api.inputs import MAX_OFFSET
 from backend.api.schemas import (
     ConversationCreate,
@@ -17,7 +18,7 @@ from backend.api.schemas import (
     RegenerateRequest,
 )
 from backend.api.sse import EventStream, sse_response
-from backend.common.errors import InvalidInput, NotFound
+from backend.common.errors import NotFound
 from backend.db import repository
 from backend.db.models import Conversation
 from backend.services.chat import owned_answer
@@ -30,7 +31,7 @@ async def _owned(session: SessionDep, user: CurrentUser, conversation_id: str) -
         session=session, user_id=user.id, conversation_id=conversation_id, with_messages=True
     )
     if conversation is None:
-        raise NotFound("conversation not found", field=("path", "conversation_id"))
+        raise NotFound("conversation not found", field=("conversation_id",))
     return conversation
 
 
@@ -147,9 +148,9 @@ async def resume_stream(
     position = after or 0
     if last_event_id is not None and after is None:
         if not last_event_id.isdigit() or int(last_event_id) > MAX_ANSWER_OFFSET:
-            raise InvalidInput(
+            raise invalid_request(
+                ("header", "last-event-id"),
                 "Last-Event-ID must be the id of an event of this answer (a number)",
-                field=("header", "last-event-id"),
             )
         position = int(last_event_id)
     events = await service.resume(user=user, message_id=message_id, after=position)

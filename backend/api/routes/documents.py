@@ -5,10 +5,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from backend.api.deps import ComponentsDep, CurrentUser, LimitedUser, SettingsDep
+from backend.api.deps import CurrentUser, DocumentsDep, LimitedUser, SettingsDep
 from backend.api.inputs import MAX_OFFSET
 from backend.api.schemas import (
-    DocumentIn,
     DocumentPublic,
     DocumentsIn,
     DocumentsPublic,
@@ -22,6 +21,7 @@ from backend.common.errors import InvalidInput, PayloadTooLarge
 from backend.db.models import Document
 from backend.retrieval.extract import UnreadableFile, extract_text, kind_of
 from backend.services.documents import IngestResult, scope_of
+from backend.services.ingestion import NewDocument
 
 router = APIRouter(tags=["documents"])
 
@@ -59,12 +59,12 @@ def _public(document: Document) -> DocumentPublic:
 
 @router.post("/documents", status_code=status.HTTP_201_CREATED, response_model=IngestResponse)
 async def ingest_documents(
-    body: DocumentsIn, user: LimitedUser, components: ComponentsDep
+    body: DocumentsIn, user: LimitedUser, service: DocumentsDep
 ) -> IngestResponse:
     """Ingest JSON documents into your private namespace (or the shared one, if you publish)."""
-    results = await components.documents.ingest(
+    results = await service.ingest(
         user=user,
-        documents=body.documents,
+        documents=[document.to_domain() for document in body.documents],
         scope=body.namespace,
     )
     return _ingested(results)
@@ -75,7 +75,7 @@ async def ingest_documents(
 )
 async def upload_document(
     user: LimitedUser,
-    components: ComponentsDep,
+    service: DocumentsDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="Plain text, Markdown, HTML or PDF.")],
     metadata: Annotated[str | None, Form(description="A JSON object of metadata.")] = None,
@@ -88,7 +88,7 @@ async def upload_document(
     if kind is None:
         raise InvalidInput(
             f"{filename!r}: unsupported file type; send .txt, .md, .html or .pdf",
-            field=("body", "file"),
+            field=("file",),
         )
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
@@ -99,21 +99,21 @@ async def upload_document(
     try:
         meta = json.loads(metadata) if metadata else {}
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"metadata is not JSON ({exc.msg})", field=("body", "metadata")) from exc
+        raise InvalidInput(f"metadata is not JSON ({exc.msg})", field=("metadata",)) from exc
     if not isinstance(meta, dict):
-        raise InvalidInput("metadata must be a JSON object", field=("body", "metadata"))
+        raise InvalidInput("metadata must be a JSON object", field=("metadata",))
     try:
         text, info = extract_text(data, kind)
     except UnreadableFile as exc:
-        raise InvalidInput(f"{filename!r}: {exc}", field=("body", "file")) from exc
+        raise InvalidInput(f"{filename!r}: {exc}", field=("file",)) from exc
     if not text.strip():
-        raise InvalidInput(f"{filename!r} holds no text", field=("body", "file"))
+        raise InvalidInput(f"{filename!r} holds no text", field=("file",))
     meta = {"title": info.get("title") or filename, **meta}
     if "pages" in info:
         meta.setdefault("pages", info["pages"])
-    results = await components.documents.ingest(
+    results = await service.ingest(
         user=user,
-        documents=[DocumentIn(text=text, id=document_id, metadata=meta, source=filename)],
+        documents=[NewDocument(text=text, id=document_id, metadata=meta, source=filename)],
         scope=namespace,
     )
     return _ingested(results)
@@ -122,33 +122,31 @@ async def upload_document(
 @router.get("/documents", response_model=DocumentsPublic)
 async def list_documents(
     user: CurrentUser,
-    components: ComponentsDep,
+    service: DocumentsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentsPublic:
     """Your documents (private and published), most recently updated first."""
-    documents, count = await components.documents.list(user=user, limit=limit, offset=offset)
-    return DocumentsPublic(data=[_public(d) for d in documents], count=count)
+    found, count = await service.list(user=user, limit=limit, offset=offset)
+    return DocumentsPublic(data=[_public(d) for d in found], count=count)
 
 
 @router.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_document(
     document_id: str,
     user: CurrentUser,
-    components: ComponentsDep,
+    service: DocumentsDep,
     namespace: Literal["private", "shared"] | None = None,
 ) -> Response:
     """Delete one of your documents and all its chunks."""
-    await components.documents.delete(user=user, document_id=document_id, scope=namespace)
+    await service.delete(user=user, document_id=document_id, scope=namespace)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(
-    body: SearchRequest, user: LimitedUser, components: ComponentsDep
-) -> SearchResponse:
+async def search(body: SearchRequest, user: LimitedUser, service: DocumentsDep) -> SearchResponse:
     """Ranked passages for a query (hybrid, filtered), without generation."""
-    result = await components.documents.search(
+    result = await service.search(
         user=user,
         query=body.query,
         scopes=body.namespaces,

@@ -5,7 +5,7 @@ import os
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import ComponentsDep, CurrentUser
+from backend.api.deps import CurrentUser, DatabaseOk, ModelsDep, SettingsDep
 from backend.api.schemas import ModelInfo, ModelsPublic
 
 router = APIRouter(tags=["health"])
@@ -25,38 +25,35 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(components: ComponentsDep) -> JSONResponse:
+async def ready(database: DatabaseOk, models: ModelsDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: the database answers and the models are loaded (503 otherwise)."""
-    database = await components.database_ok()
-    models = components.models
     loaded = models.is_ready()
     body = {
         "status": "ready" if database and loaded else "not ready",
         "worker": os.getpid(),  # which of `python -m backend`'s processes answered
         "database": "ok" if database else "unreachable",
-        "vector_store": components.settings.resolved_vector_store,
+        "vector_store": settings.resolved_vector_store,
         "model": {
             "name": models.default.name,
             "provider": models.default.provider,
             "loaded": loaded,
         },
-        "models": [{"name": h.name, "provider": h.provider} for h in models.models],
+        "models": [{"name": m.name, "provider": m.provider} for m in models.models],
     }
     return JSONResponse(body, status_code=200 if database and loaded else 503)
 
 
 @router.get("/models", response_model=ModelsPublic)
-async def models(components: ComponentsDep, _user: CurrentUser) -> ModelsPublic:
+async def models(catalog: ModelsDep, _user: CurrentUser) -> ModelsPublic:
     """Models a user may choose for /chat, the default first."""
-    router_ = components.models
     return ModelsPublic(
         data=[
             ModelInfo(
-                id=h.name,
-                provider=h.provider,
-                context_window=h.context_window,
-                default=h is router_.default,
+                id=m.name,
+                provider=m.provider,
+                context_window=m.context_window,
+                default=m is catalog.default,
             )
-            for h in router_.models
+            for m in catalog.models
         ]
     )

@@ -84,9 +84,7 @@ async def list_models(models: ModelsDep, _user: CurrentUser) -> dict[str, Any]:
 def _split(messages: list[OpenAIMessage]) -> tuple[str | None, list[tuple[str, str]], str]:
     """(system prompt, history, question) from an OpenAI message list."""
     if messages[-1].role != "user" or not messages[-1].text().strip():
-        raise InvalidInput(
-            "the last message must be a non-empty user message", field=("body", "messages")
-        )
+        raise InvalidInput("the last message must be a non-empty user message", field=("messages",))
     system = "\n\n".join(m.text() for m in messages if m.role in ("system", "developer"))
     history = [
         ("user" if m.role == "user" else "assistant", m.text())
@@ -108,7 +106,7 @@ async def chat_completions(
     if body.model not in models.by_id:  # OpenAI's answer: 404 model_not_found
         raise NotFound(
             f"The model '{body.model}' does not exist; GET /v1/models lists the models",
-            field=("body", "model"),
+            field=("model",),
             code="model_not_found",
         )
     system, history, question = _split(body.messages)
