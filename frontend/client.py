@@ -166,9 +166,9 @@ class BackendClient:
         answer: StreamedAnswer,
         options: dict[str, Any] | None = None,
     ) -> Iterator[str]:
-        """Yield the answer's tokens; `answer` receives meta, sources and the end event.
-        The answer goes on if this reader leaves (`finish`), and a broken connection is
-        resumed where it broke."""
+        """Yield the answer's tokens; `answer` receives its place in line (status), meta,
+        sources and the end event. The answer goes on if this reader leaves (`finish`), and
+        a broken connection is resumed where it broke."""
         body = {"message": message, "conversation_id": conversation_id, **(options or {})}
         return self._stream("POST", "/chat/stream", answer, json={**body, **FINISH})
 

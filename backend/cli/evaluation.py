@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from backend.cli.sources import batches, jsonl_documents
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.retriever import Fusion, HybridRetriever
+from backend.services.ingestion import NewDocument
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +104,11 @@ def read_split(dataset: Path, split: str) -> dict[str, set[str]]:
     )
 
 
-async def evaluate(
-    dataset: Path,
-    *,
-    split: str = "test",
-    alphas: Sequence[float] = (0.25, 0.5, 0.75),
-    fusions: Sequence[Fusion] = ("minmax", "convex"),
-    contextual: Sequence[bool] = (True,),
-    corpus_limit: int | None = None,
-    query_limit: int | None = None,
-    embeddings: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Ingest the dataset into a fresh embedded store (once per `contextual` choice) and
-    score every configuration, with results grouped by document and not."""
-    from backend.common.settings import Settings
-    from backend.retrieval.embeddings import build_embeddings
-
+def _read_dataset(
+    dataset: Path, split: str, query_limit: int | None, corpus_limit: int | None
+) -> tuple[dict[str, str], dict[str, set[str]], list[NewDocument]]:
+    """The split's queries (the first `query_limit` by id), their qrels, and the corpus (at
+    most `corpus_limit` documents, every relevant one kept)."""
     qrels = read_split(dataset, split)
     queries = {}
     with (dataset / "queries.jsonl").open(encoding="utf-8") as lines:
@@ -138,7 +127,27 @@ async def evaluate(
         keep = [d for d in corpus if d.id in wanted]
         keep += [d for d in corpus if d.id not in wanted][: max(corpus_limit - len(keep), 0)]
         corpus = keep
+    return {q: queries[q] for q in query_ids}, qrels, corpus
 
+
+async def evaluate(
+    dataset: Path,
+    *,
+    split: str = "test",
+    alphas: Sequence[float] = (0.25, 0.5, 0.75),
+    fusions: Sequence[Fusion] = ("minmax", "convex"),
+    contextual: Sequence[bool] = (True,),
+    corpus_limit: int | None = None,
+    query_limit: int | None = None,
+    embeddings: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Ingest the dataset into a fresh embedded store (once per `contextual` choice) and
+    score every configuration, with results grouped by document and not."""
+    from backend.common.settings import Settings
+    from backend.retrieval.embeddings import build_embeddings
+
+    queries, qrels, corpus = _read_dataset(dataset, split, query_limit, corpus_limit)
     settings = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
     if embeddings is None:
         embeddings, _ = build_embeddings(settings)
@@ -146,7 +155,7 @@ async def evaluate(
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "split": split,
-        "queries": len(query_ids),
+        "queries": len(queries),
         "documents": len(corpus),
         "settings": {
             "bm25_k1": settings.bm25_k1,
@@ -166,16 +175,7 @@ async def evaluate(
                     "contextual_chunks": context,
                 }
             )
-            measured = await _measure(
-                run,
-                cached,
-                corpus,
-                {q: queries[q] for q in query_ids},
-                qrels,
-                alphas,
-                fusions,
-                quiet,
-            )
+            measured = await _measure(run, cached, corpus, queries, qrels, alphas, fusions, quiet)
         for row in measured.pop("rows"):
             report["rows"].append({**row, "contextual": context})
         report.update(measured)
@@ -196,19 +196,23 @@ async def _documents_found(retriever: HybridRetriever, query: str, **search: Any
     return list(dict.fromkeys(p.document_id for p in result.passages))
 
 
+Configuration = tuple[str, Fusion, float, bool]  # name, fusion, alpha, reranked
+
+
 async def _measure(
     settings: Any,
     embeddings: Embeddings,
-    corpus: list[Any],
+    corpus: list[NewDocument],
     queries: dict[str, str],
     qrels: dict[str, set[str]],
     alphas: Sequence[float],
     fusions: Sequence[Fusion],
     quiet: bool,
 ) -> dict[str, Any]:
+    """Ingest `corpus` through the service's own path, then score every configuration and
+    check that filters hold."""
     from backend.db import repository
     from backend.db.engine import session_factory
-    from backend.retrieval.filters import matches
     from backend.services.components import build_documents, open_database
 
     engine = await open_database(settings)
@@ -217,22 +221,43 @@ async def _measure(
         user = await repository.create_user(session=session, username="eval", password_hash="-")
         await session.commit()
     documents = await build_documents(settings, sessions, embeddings=embeddings)
-
-    started = time.perf_counter()
-    chunks = 0
-    for batch in batches(iter(corpus), 256):
-        results = await documents.ingest(user=user, documents=batch, operator=True)
-        chunks += sum(r.chunks for r in results)
+    try:
+        started = time.perf_counter()
+        chunks = 0
+        for batch in batches(iter(corpus), 256):
+            results = await documents.ingest(user=user, documents=batch, operator=True)
+            chunks += sum(r.chunks for r in results)
+            if not quiet:
+                print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
+        ingest_seconds = time.perf_counter() - started
         if not quiet:
-            print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
-    ingest_seconds = time.perf_counter() - started
-    if not quiet:
-        print(file=sys.stderr)
-    namespace = documents.readable_namespaces(user, ["private"])
-    retriever = documents.retriever
-    per_document = settings.retrieval_passages_per_document
+            print(file=sys.stderr)
+        retriever = documents.retriever
+        namespaces = documents.readable_namespaces(user, ["private"])
+        per_document = settings.retrieval_passages_per_document
+        rows = [
+            await _score(retriever, configuration, namespaces, queries, qrels, per_document)
+            for configuration in _configurations(settings, retriever, alphas, fusions)
+        ]
+        checks, violations = await _filter_violations(retriever, namespaces, queries)
+    finally:
+        await documents.store.close()
+        await engine.dispose()
+    return {
+        "chunks": chunks,
+        "ingest_seconds": ingest_seconds,
+        "ingest_chunks_per_s": chunks / ingest_seconds,
+        "rows": rows,
+        "filter_checks": checks,
+        "filter_violations": violations,
+    }
 
-    configurations: list[tuple[str, Fusion, float, bool]] = [
+
+def _configurations(
+    settings: Any, retriever: HybridRetriever, alphas: Sequence[float], fusions: Sequence[Fusion]
+) -> list[Configuration]:
+    """Keyword only, dense only, each fusion at each alpha, and reranked (when on)."""
+    configurations: list[Configuration] = [
         ("keyword (BM25)", "minmax", 0.0, False),
         ("dense", "minmax", 1.0, False),
     ]
@@ -242,63 +267,65 @@ async def _measure(
         configurations.append(
             ("reranked", settings.retrieval_fusion, settings.retrieval_alpha, True)
         )
-    rows = []
-    for name, fusion, alpha, rerank in configurations:
-        totals: dict[str, float] = defaultdict(float)
-        latencies = []
-        for query_id, query in queries.items():
-            search = {"namespaces": namespace, "alpha": alpha, "fusion": fusion, "rerank": rerank}
-            t0 = time.perf_counter()
-            grouped = await _documents_found(
-                retriever,
-                query,
-                group_by="document",
-                top_k=100,
-                per_document=per_document,
-                **search,
-            )
-            latencies.append((time.perf_counter() - t0) * 1000)
-            for key, value in metrics(grouped, qrels[query_id]).items():
-                totals[key] += value
-            # Without grouping: the distinct documents of the first 10 chunks.
-            ungrouped = await _documents_found(
-                retriever, query, group_by="chunk", top_k=10, **search
-            )
-            totals["ndcg@10 ungrouped"] += metrics(ungrouped, qrels[query_id])["ndcg@10"]
-        n = len(queries)
-        rows.append(
-            {
-                "method": name,
-                "fusion": fusion,
-                "alpha": alpha,
-                **{k: v / n for k, v in totals.items()},
-                "p50_ms": statistics.median(latencies),
-            }
-        )
+    return configurations
 
-    # Filters: every passage returned must satisfy the filter.
-    violations = 0
-    checks: list[dict[str, Any]] = [
-        {"section": "RESULTS"},
-        {"year": {"$gte": 2010}},
-        {"$or": [{"section": "CONCLUSIONS"}, {"meshes": "Humans"}]},
-    ]
-    for filter_ in checks:
+
+async def _score(
+    retriever: HybridRetriever,
+    configuration: Configuration,
+    namespaces: list[str],
+    queries: dict[str, str],
+    qrels: dict[str, set[str]],
+    per_document: int,
+) -> dict[str, Any]:
+    """One configuration's mean scores over the queries, grouped by document and not."""
+    name, fusion, alpha, rerank = configuration
+    totals: dict[str, float] = defaultdict(float)
+    latencies = []
+    for query_id, query in queries.items():
+        search = {"namespaces": namespaces, "alpha": alpha, "fusion": fusion, "rerank": rerank}
+        t0 = time.perf_counter()
+        grouped = await _documents_found(
+            retriever, query, group_by="document", top_k=100, per_document=per_document, **search
+        )
+        latencies.append((time.perf_counter() - t0) * 1000)
+        for key, value in metrics(grouped, qrels[query_id]).items():
+            totals[key] += value
+        # Without grouping: the distinct documents of the first 10 chunks.
+        ungrouped = await _documents_found(retriever, query, group_by="chunk", top_k=10, **search)
+        totals["ndcg@10 ungrouped"] += metrics(ungrouped, qrels[query_id])["ndcg@10"]
+    n = len(queries)
+    return {
+        "method": name,
+        "fusion": fusion,
+        "alpha": alpha,
+        **{k: v / n for k, v in totals.items()},
+        "p50_ms": statistics.median(latencies),
+    }
+
+
+FILTER_CHECKS: list[dict[str, Any]] = [
+    {"section": "RESULTS"},
+    {"year": {"$gte": 2010}},
+    {"$or": [{"section": "CONCLUSIONS"}, {"meshes": "Humans"}]},
+]
+
+
+async def _filter_violations(
+    retriever: HybridRetriever, namespaces: list[str], queries: dict[str, str]
+) -> tuple[int, int]:
+    """Searches with filters, and the passages returned that do not satisfy theirs."""
+    from backend.retrieval.filters import matches
+
+    searches = violations = 0
+    for filter_ in FILTER_CHECKS:
         for query in list(queries.values())[:100]:
             result = await retriever.search(
-                query, namespaces=namespace, top_k=20, alpha=0.5, filter_=filter_
+                query, namespaces=namespaces, top_k=20, alpha=0.5, filter_=filter_
             )
+            searches += 1
             violations += sum(not matches(filter_, {**p.metadata}) for p in result.passages)
-    await documents.store.close()
-    await engine.dispose()
-    return {
-        "chunks": chunks,
-        "ingest_seconds": ingest_seconds,
-        "ingest_chunks_per_s": chunks / ingest_seconds,
-        "rows": rows,
-        "filter_checks": len(checks) * min(len(queries), 100),
-        "filter_violations": violations,
-    }
+    return searches, violations
 
 
 def print_report(report: dict[str, Any]) -> None:

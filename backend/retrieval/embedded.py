@@ -21,7 +21,7 @@ import anyio.to_thread
 import numpy as np
 
 from backend.retrieval.bm25 import SparseVector
-from backend.retrieval.filters import Filter
+from backend.retrieval.filters import Filter, FilterError
 from backend.retrieval.store import Match, Record, rank
 
 CHANGES_KEPT_SECONDS = 3600.0  # a process that looks less often reads everything again
@@ -193,7 +193,7 @@ class _Namespace:
             case "$exists":
                 present = self._rows_mask(self.present.get(name, set()))
                 return present if operand else ~present
-            case _:
+            case "$gt" | "$gte" | "$lt" | "$lte":
                 column = self.numeric.get(name)
                 if column is None:
                     return np.zeros(self.size, dtype=bool)
@@ -206,8 +206,9 @@ class _Namespace:
                             return values >= operand
                         case "$lt":
                             return values < operand
-                        case _:
+                        case "$lte":
                             return values <= operand
+        raise FilterError(f"filter.{name}", f"unknown operator {op!r}")
 
     # --- search ------------------------------------------------------------------------------
     def query(
@@ -444,7 +445,9 @@ class EmbeddedVectorStore:
             return sorted(i for i in (space.rows if space else {}) if i.startswith(prefix))
 
     async def list_ids(self, *, prefix: str, namespace: str) -> list[str]:
-        return self.list_ids_sync(prefix=prefix, namespace=namespace)
+        return await anyio.to_thread.run_sync(
+            lambda: self.list_ids_sync(prefix=prefix, namespace=namespace)
+        )
 
     def count_sync(self, *, namespace: str) -> int:
         with self._lock:
@@ -453,7 +456,7 @@ class EmbeddedVectorStore:
             return space.live if space else 0
 
     async def count(self, *, namespace: str) -> int:
-        return self.count_sync(namespace=namespace)
+        return await anyio.to_thread.run_sync(lambda: self.count_sync(namespace=namespace))
 
     def namespaces(self) -> list[str]:
         with self._lock:

@@ -14,7 +14,7 @@ import pytest
 
 from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.embedded import EmbeddedVectorStore
-from backend.retrieval.filters import matches
+from backend.retrieval.filters import FilterError, matches
 from backend.retrieval.pinecone_store import PineconeVectorStore, batches
 from backend.retrieval.store import Record, VectorStore
 from tests.helpers import live_server
@@ -142,6 +142,20 @@ class TestEmbeddedInMemory(StoreContract):
         store = EmbeddedVectorStore(None, dimension=DIM)
         yield store
         await store.close()
+
+    async def test_an_unknown_operator_is_refused_not_guessed(self, store: VectorStore) -> None:
+        """Filters are checked where requests enter; a caller that skips the check gets an
+        error, never `$lte` in disguise."""
+        records = corpus()
+        await store.upsert(records, namespace="ns")
+        with pytest.raises(FilterError, match=r"filter\.year: unknown operator '\$lt_e'"):
+            await store.query(
+                namespace="ns",
+                vector=records[0].values,
+                sparse=None,
+                top_k=5,
+                filter_={"year": {"$lt_e": 1}},
+            )
 
 
 class TestEmbeddedOnDisk(StoreContract):

@@ -13,8 +13,9 @@ router = APIRouter(tags=["chat"])
 async def chat_stream(
     body: ChatRequest, user: AnsweringUser, service: ChatServiceDep, settings: SettingsDep
 ) -> EventStream:
-    """Answer as Server-Sent Events: meta, sources, token..., then done or error. Token
-    events carry ids (characters so far): GET /messages/{id}/stream resumes from one."""
+    """Answer as Server-Sent Events: status (while it waits for a busy model), meta, sources,
+    token..., then done or error. Token events carry ids (characters so far): GET
+    /messages/{id}/stream resumes from one."""
     turn = await service.start(  # 4xx here, before the stream
         user=user,
         message=body.message,
