@@ -5,8 +5,9 @@ run:  ## backend + Streamlit app on embedded defaults
 	scripts/run.sh
 test:  ## install, lint, type-check and run every test (what CI runs)
 	scripts/test.sh
-lint:  ## ruff's checks and formatting, without fixing
+lint:  ## ruff's checks and formatting, without fixing; the layers and import cycles
 	.venv/bin/ruff check backend frontend tests bench && .venv/bin/ruff format --check backend frontend tests bench
+	.venv/bin/lint-imports --no-cache
 typecheck:  ## mypy over backend, frontend, tests and bench
 	.venv/bin/mypy
 format:  ## format and apply ruff's safe fixes

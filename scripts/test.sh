@@ -26,4 +26,5 @@ fi
 .venv/bin/ruff check backend frontend tests bench
 .venv/bin/ruff format --check backend frontend tests bench
 .venv/bin/mypy  # files and options: [tool.mypy] in pyproject.toml
+.venv/bin/lint-imports --no-cache  # the layers and no import cycles: [tool.importlinter]
 .venv/bin/python -m pytest "$@"
