@@ -1,4 +1,4 @@
-"""Errors the services raise; `backend.api.app` maps each kind to one HTTP status."""
+"""Errors the services raise; `backend.api.errors` maps each kind to one HTTP status."""
 
 from __future__ import annotations
 
