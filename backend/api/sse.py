@@ -9,7 +9,7 @@ py-spy, docs/models.md)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -48,7 +48,7 @@ class EventStream(Response):
 
     def __init__(
         self,
-        events: AsyncIterator[Any],
+        events: AsyncGenerator[Any, None],
         *,
         ping_seconds: float,
         encode: Callable[[Any], bytes] = _as_is,
@@ -83,7 +83,7 @@ class EventStream(Response):
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.events.aclose()  # type: ignore[attr-defined]
+                await self.events.aclose()
 
     @staticmethod
     async def _watch(receive: Receive, scope: anyio.CancelScope) -> None:
@@ -102,7 +102,7 @@ class EventStream(Response):
             seen = self.sent
 
 
-def sse_response(events: AsyncIterator[AnswerEvent], settings: Settings) -> EventStream:
+def sse_response(events: AsyncGenerator[AnswerEvent, None], settings: Settings) -> EventStream:
     """`events` as Server-Sent Events, with keep-alive pings."""
     return EventStream(events, encode=event_frame, ping_seconds=settings.sse_ping_seconds)
 

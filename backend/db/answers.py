@@ -28,7 +28,6 @@ MESSAGE_COLUMNS = ("id", "conversation_id", "parent_id", "role", "content", "sta
                    "sources", "instance", "created_at", "updated_at")  # fmt: skip
 ENDED_COLUMNS = ("content", "updated_at", "status", "model", "finish_reason", "error",
                  "prompt_tokens", "completion_tokens", "timings", "sources")  # fmt: skip
-STREAMING = MessageStatus.STREAMING.value  # an answer being written
 
 
 def message_row(**values: Any) -> dict[str, Any]:
@@ -60,7 +59,10 @@ NEW_MESSAGE = _new_message_statement()
 # The text of a streaming answer that grew (its heartbeat is written with all the others').
 _GROWN = (
     update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("answer_id"), _MESSAGES.c.status == STREAMING)
+    .where(
+        _MESSAGES.c.id == bindparam("answer_id"),
+        _MESSAGES.c.status == MessageStatus.STREAMING.value,
+    )
     .values(content=bindparam("text"))
 )
 # An ended answer whose row was written while it streamed.
@@ -152,7 +154,10 @@ class AnswerWrites:
                 await connection.execute(_GROWN, grown)
             beat = await connection.execute(
                 update(_MESSAGES)
-                .where(_MESSAGES.c.id.in_(list(alive)), _MESSAGES.c.status == STREAMING)
+                .where(
+                    _MESSAGES.c.id.in_(list(alive)),
+                    _MESSAGES.c.status == MessageStatus.STREAMING.value,
+                )
                 .values(updated_at=now)
                 .returning(_MESSAGES.c.id, _MESSAGES.c.stop_requested)
             )
@@ -181,7 +186,7 @@ class AnswerWrites:
             result = await connection.execute(
                 update(_MESSAGES)
                 .where(
-                    _MESSAGES.c.status == STREAMING,
+                    _MESSAGES.c.status == MessageStatus.STREAMING.value,
                     _MESSAGES.c.updated_at < older_than,
                     _MESSAGES.c.id.not_in(list(spare)),
                 )

@@ -305,7 +305,7 @@ async def request_stop(*, session: AsyncSession, message: Message) -> bool:
     request at its next save). False if the answer has ended meanwhile."""
     result = await session.execute(
         update(Message)
-        .where(Message.id == message.id, Message.status == MessageStatus.STREAMING)
+        .where(Message.id == message.id, Message.status == MessageStatus.STREAMING.value)
         .values(stop_requested=True)
         .execution_options(synchronize_session=False)
     )

@@ -85,41 +85,44 @@ class _ModelHost:
     def model(self, name: str) -> LocalModel | None:
         return self.models.get(name) or next(iter(self.models.values()), None)
 
-    async def queue(self, request: Request) -> Response:
-        """200 while another answer may join the line, else 503 (with Retry-After)."""
-        model = self.model(request.path_params["model"])
-        if model is None:
-            return JSONResponse({"error": "no such model"}, status_code=404)
-        try:
-            await model.admit()
-        except ModelBusy as busy:
-            return _busy(busy)
-        return JSONResponse({"waiting": len(model.queue.waiting)})
-
-    async def completions(self, request: Request) -> Response:
-        body = await request.json()
-        model = self.model(str(body.get("model") or ""))
+    async def _admitted(self, name: str) -> LocalModel | Response:
+        """The model another answer may join now, or the answer that says why not (503 with
+        Retry-After when its line is full)."""
+        model = self.model(name)
         if model is None:
             return JSONResponse({"error": "no local model"}, status_code=404)
         try:
             await model.admit()
         except ModelBusy as busy:
-            return _busy(busy)
+            return JSONResponse(
+                {
+                    "detail": busy.detail,
+                    "retry_after": busy.retry_after,
+                    "error_type": "overloaded",
+                },
+                status_code=503,
+                headers={"Retry-After": str(busy.retry_after)},
+            )
+        return model
+
+    async def queue(self, request: Request) -> Response:
+        """200 while another answer may join the line, else 503 (the workers ask first)."""
+        model = await self._admitted(request.path_params["model"])
+        if isinstance(model, Response):
+            return model
+        return JSONResponse({"waiting": len(model.queue.waiting)})
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        model = await self._admitted(str(body.get("model") or ""))
+        if isinstance(model, Response):
+            return model
         params = {name: body[name] for name in PARAMS if body.get(name) is not None}
         frames = _frames(model.stream(_messages(body), params), model.name)
         return StreamingResponse(frames, media_type="text/event-stream")
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"models": list(self.models)})
-
-
-def _busy(busy: ModelBusy) -> JSONResponse:
-    """The line is full: `detail` and `retry_after` for the worker (SharedLocalModel)."""
-    return JSONResponse(
-        {"detail": busy.detail, "retry_after": busy.retry_after, "error_type": "overloaded"},
-        status_code=503,
-        headers={"Retry-After": str(busy.retry_after)},
-    )
 
 
 async def _frames(items: AsyncIterator[StreamItem], model: str) -> AsyncIterator[bytes]:

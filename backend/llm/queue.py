@@ -95,8 +95,7 @@ class Place:
         while self.position > 0:
             self.moved.clear()
             yield self.position
-            while self.position > 0 and not self.moved.is_set():
-                await self.moved.wait()
+            await self.moved.wait()
 
     def leave(self) -> None:
         """The answer is done, or went away: its turn or its place passes on (once)."""

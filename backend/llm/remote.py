@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
 from langchain_openai import ChatOpenAI
 
 from backend.common.settings import ModelSpec, Settings, reveal
-from backend.llm.base import StreamItem, approximate_token_count
+from backend.llm.base import LangChainModel, StreamItem
 from backend.llm.wire import ChatWire, default_params, wire_timeout
 
 log = logging.getLogger(__name__)
@@ -34,33 +33,16 @@ def chat_completions_url(base_url: str) -> str:
 
 
 @dataclass
-class RemoteModel:
-    """A model on a server that speaks OpenAI's chat format, streamed over `wire`; `chat`
-    is the LangChain chat model that describes it (ChatHuggingFace, ChatOpenAI)."""
+class RemoteModel(LangChainModel):
+    """A model on a server that speaks OpenAI's chat format: `chat` (ChatHuggingFace,
+    ChatOpenAI) describes it, `wire` streams it, without an SDK in the per-token loop."""
 
-    name: str
-    provider: str
-    chat: BaseChatModel
-    context_window: int
-    wire: ChatWire
-
-    @property
-    def queued(self) -> bool:
-        return False
-
-    def count_tokens(self, text: str) -> int:
-        return approximate_token_count(text)
-
-    async def admit(self) -> None:
-        return None
+    wire: ChatWire = field(kw_only=True)
 
     def stream(
         self, messages: list[BaseMessage], params: Mapping[str, Any]
     ) -> AsyncIterator[StreamItem]:
         return self.wire.stream(messages, params)
-
-    def is_ready(self) -> bool:
-        return True
 
     async def aclose(self) -> None:
         await self.wire.aclose()

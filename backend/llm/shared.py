@@ -5,8 +5,7 @@ before an answer starts (the host answers with its line's own check)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -19,15 +18,11 @@ from backend.llm.wire import ChatWire, default_params, wire_timeout
 
 @dataclass
 class SharedLocalModel(RemoteModel):
-    host: str  # the model process's URL
-    vocabulary: Any  # llama_cpp.Llama with the vocabulary only
+    host: str = field(kw_only=True)  # the model process's URL
 
     @property
     def queued(self) -> bool:
         return True
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     async def admit(self) -> None:
         async with httpx.AsyncClient(base_url=self.host, timeout=5) as http:
@@ -41,7 +36,13 @@ class SharedLocalModel(RemoteModel):
 def build_shared_local_model(settings: Settings, spec: ModelSpec, url: str) -> SharedLocalModel:
     from llama_cpp import Llama
 
-    path = local_model_path(settings, spec)
+    vocabulary = Llama(
+        model_path=str(local_model_path(settings, spec)), vocab_only=True, verbose=False
+    )
+
+    def count_tokens(text: str) -> int:
+        return len(vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
     timeout = wire_timeout(settings)
     return SharedLocalModel(
         name=spec.name,
@@ -57,6 +58,6 @@ def build_shared_local_model(settings: Settings, spec: ModelSpec, url: str) -> S
             timeout=timeout,
             defaults=default_params(settings),
         ),
+        counter=count_tokens,
         host=url,
-        vocabulary=Llama(model_path=str(path), vocab_only=True, verbose=False),
     )

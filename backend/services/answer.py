@@ -144,11 +144,11 @@ class Answer:
         return Error(code, self.error or STOPPED, id=self.length)
 
     @classmethod
-    def from_row(cls, message: Message) -> Answer:
-        """A stored answer as it was last saved."""
+    def from_row(cls, message: Message, *, user_id: str) -> Answer:
+        """A stored answer of `user_id`'s as it was last saved."""
         answer = cls(
             message_id=message.id,
-            user_id="",
+            user_id=user_id,
             conversation_id=message.conversation_id,
             parent_id=message.parent_id,
             model=message.model,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -210,7 +210,7 @@ class ChatService:
         return turn
 
     # --- its answer, run and followed ------------------------------------------------------
-    def stream(self, turn: ChatTurn) -> AsyncIterator[AnswerEvent]:
+    def stream(self, turn: ChatTurn) -> AsyncGenerator[AnswerEvent, None]:
         """Generate the turn's answer in the relay; its events, for this reader."""
         self.relay.start(turn.answer, self.pipeline.run(turn), on_disconnect=turn.on_disconnect)
         return self.relay.follow(turn.answer)
@@ -226,7 +226,7 @@ class ChatService:
 
     async def resume(
         self, *, user: User, message_id: str, after: int
-    ) -> AsyncIterator[AnswerEvent]:
+    ) -> AsyncGenerator[AnswerEvent, None]:
         """An answer's events after character `after`: live from this process, else from
         its row (which another worker or replica may still be writing)."""
         if (live := self.relay.find(message_id, user.id)) is not None:

@@ -23,11 +23,11 @@ its next save (`AnswerRecorder`) and answers with `Relay.stop`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -56,36 +56,39 @@ class Relay:
 
     def __init__(self) -> None:
         self._answers: dict[str, _Running] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._running: Counter[str] = Counter()  # user id -> answers being generated
 
-    def start(self, answer: Answer, work: Awaitable[None], *, on_disconnect: OnDisconnect) -> None:
+    def start(
+        self, answer: Answer, work: Coroutine[Any, Any, None], *, on_disconnect: OnDisconnect
+    ) -> None:
         """Run `work`, which writes `answer` to its end, in a task of its own."""
-        task = asyncio.create_task(self._run(answer, work), name=f"answer {answer.message_id}")
-        self._tasks.add(task)
+        task = asyncio.create_task(work, name=f"answer {answer.message_id}")
         self._answers[answer.message_id] = _Running(answer, task, on_disconnect)
         self._running[answer.user_id] += 1
-        task.add_done_callback(lambda task: self._ended(task, answer, work))
+        task.add_done_callback(lambda task: self._ended(task, answer))
 
-    def _ended(self, task: asyncio.Task[None], answer: Answer, work: Awaitable[None]) -> None:
-        self._tasks.discard(task)
+    def _ended(self, task: asyncio.Task[None], answer: Answer) -> None:
         self._running[answer.user_id] -= 1
         if self._running[answer.user_id] <= 0:
             del self._running[answer.user_id]
-        if not answer.ended:  # cancelled before it ever ran
-            if inspect.iscoroutine(work):
-                work.close()
-            answer.interrupt()
+        if not answer.ended:  # stopped before it could end itself, or failed: for its readers
+            if task.cancelled():
+                answer.interrupt()
+            else:
+                log.error("answer %s failed", answer.message_id, exc_info=task.exception())
+                answer.fail("model_error", FAILED)
             answer.close()
+        elif not task.cancelled():
+            task.exception()  # (retrieved: an answer that ended has said what went wrong)
         asyncio.get_running_loop().call_later(
             KEEP_ENDED_SECONDS, self._answers.pop, answer.message_id, None
         )
 
-    async def complete(self, answer: Answer, work: Awaitable[None]) -> Answer:
+    async def complete(self, answer: Answer, work: Coroutine[Any, Any, None]) -> Answer:
         """Run an answer that nobody streams to its end. Counted and stopped like a stream;
         the caller leaving does not stop it."""
         self.start(answer, work, on_disconnect="finish")
-        await asyncio.shield(self._answers[answer.message_id].task)
+        await asyncio.wait([self._answers[answer.message_id].task])
         return answer
 
     def running(self, user_id: str) -> int:
@@ -144,25 +147,12 @@ class Relay:
             if not answer.watched and running is not None and running.on_disconnect == "stop":
                 self.stop(answer.message_id)  # the last reader left: stop generating
 
-    async def _run(self, answer: Answer, work: Awaitable[None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            if not answer.ended:  # for a reader that comes back to a stopped answer
-                answer.interrupt()
-        except Exception:
-            log.exception("answer %s failed", answer.message_id)
-            if not answer.ended:
-                answer.fail("model_error", FAILED)
-        finally:
-            if not answer.ended:
-                answer.close()
-
     async def close(self) -> None:
         """Cancel the answers still running (their text is kept as `interrupted`)."""
-        for task in list(self._tasks):
+        tasks = [r.task for r in self._answers.values() if not r.task.done()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def follow_stored(
@@ -172,7 +162,7 @@ async def follow_stored(
     user_id: str,
     after: int = 0,
     poll_seconds: float = 0.5,
-) -> AsyncIterator[AnswerEvent]:
+) -> AsyncGenerator[AnswerEvent, None]:
     """An answer this process does not hold, from its row: its head, the text past
     `after`, and while another replica still writes it (`streaming`), what it saves next."""
     position, head_sent = after, False
@@ -184,7 +174,7 @@ async def follow_stored(
         if message is None:  # deleted meanwhile
             yield Error("not_found", "The answer was deleted.", id=position)
             return
-        answer = Answer.from_row(message)
+        answer = Answer.from_row(message, user_id=user_id)
         if not head_sent:
             head_sent = True
             for event in answer.head:

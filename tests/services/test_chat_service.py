@@ -118,7 +118,7 @@ async def test_a_reader_leaving_keeps_the_answer_as_interrupted(tmp_path: Path) 
     turn = await pipeline.turn()
     events = pipeline.service.stream(turn)
     seen = [await anext(events) for _ in range(4)]  # meta, sources, two tokens
-    await events.aclose()  # type: ignore[attr-defined]
+    await events.aclose()
     assert [e.name for e in seen] == ["meta", "sources", "token", "token"]
     await asyncio.wait_for(pipeline.relay.close(), 5)
     answer = pipeline.ended()

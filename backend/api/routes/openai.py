@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -165,8 +165,8 @@ def _completion(answer: Answer) -> dict[str, Any]:
 
 
 async def _chunks(
-    answer: Answer, events: AsyncIterator[AnswerEvent], include_usage: bool
-) -> AsyncIterator[bytes]:
+    answer: Answer, events: AsyncGenerator[AnswerEvent, None], include_usage: bool
+) -> AsyncGenerator[bytes, None]:
     """The answer's events as OpenAI's chunks (a `status` event has no counterpart there)."""
     base = {
         "id": f"chatcmpl-{answer.message_id}",
@@ -206,4 +206,4 @@ async def _chunks(
                     yield data_frame(json.dumps({"error": error}))
                     return
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
