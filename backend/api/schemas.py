@@ -118,6 +118,13 @@ class MessagePublic(BaseModel):
     completion_tokens: int | None
     timings: dict[str, Any] | None
     sources: list[dict[str, Any]] | None
+    search_query: str | None = Field(
+        None, description="What the sources were searched for (a follow-up's standalone query)."
+    )
+    revision_of: str | None = Field(None, description="The answer this one revises.")
+    revision_feedback: str | None = Field(
+        None, description="What the user asked to change in the answer it revises."
+    )
     created_at: datetime
     feedback: FeedbackPublic | None = None
 
@@ -136,6 +143,9 @@ class MessagePublic(BaseModel):
             completion_tokens=answer.completion_tokens,
             timings=answer.timings,
             sources=answer.sources,
+            search_query=answer.search_query,
+            revision_of=answer.revision_of,
+            revision_feedback=answer.revision_feedback,
             created_at=answer.created_at,
         )
 
@@ -146,8 +156,23 @@ class ConversationDetail(ConversationPublic):
     )
     active_branch: list[str] = Field(
         default_factory=list,
-        description="Ids of the current thread (the newest message and its parents), oldest first.",
+        description="Ids of the current thread, oldest first: the chosen message's branch "
+        "(PUT /conversations/{id}/branch) down to its newest reply, else the newest message's.",
     )
+
+
+class BranchChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str = Field(
+        max_length=64,
+        description="A message of the conversation: its thread (down to its newest reply) "
+        "becomes the current one, which the next question continues.",
+    )
+
+
+class ActiveBranch(BaseModel):
+    active_branch: list[str] = Field(description="Ids of the current thread, oldest first.")
 
 
 class RetrievalRequest(BaseModel):
@@ -168,6 +193,12 @@ class RetrievalRequest(BaseModel):
         None,
         description="`document`: one source per document (its best passages); "
         "default: the setting RETRIEVAL_GROUP_BY.",
+    )
+    query: Literal["question", "context", "rewrite"] | None = Field(
+        None,
+        description="What a follow-up searches for: the `question` alone, with the earlier "
+        "questions weighted in (`context`), or the model's standalone `rewrite`; default: "
+        "the setting RETRIEVAL_QUERY.",
     )
 
     @field_validator("filter")
@@ -223,11 +254,8 @@ class StreamedOptions(GenerationOptions):
         return replace(super().options(), on_disconnect=self.on_disconnect)
 
 
-class ChatRequest(StreamedOptions):
+class Question(StreamedOptions):
     message: str = Field(description="The user's message (not blank).")
-    conversation_id: str | None = Field(
-        None, max_length=64, description="Continue this conversation; new if absent."
-    )
 
     @field_validator("message")
     @classmethod
@@ -237,14 +265,45 @@ class ChatRequest(StreamedOptions):
         return value
 
 
+class ChatRequest(Question):
+    conversation_id: str | None = Field(
+        None, max_length=64, description="Continue this conversation; new if absent."
+    )
+
+
 class RegenerateRequest(StreamedOptions):
     pass
+
+
+MAX_FEEDBACK_CHARS = 2000
+
+
+class ReviseRequest(StreamedOptions):
+    feedback: str = Field(
+        min_length=1,
+        max_length=MAX_FEEDBACK_CHARS,
+        description='What to change in the answer ("shorter, and say which year").',
+    )
+
+    @field_validator("feedback")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("feedback must not be blank")
+        return value.strip()
+
+
+class EditRequest(Question):
+    """A question edited: `message` replaces it in a new branch."""
 
 
 class ChatResponse(BaseModel):
     conversation_id: str
     message: MessagePublic
     sources: list[dict[str, Any]]
+    search_query: str | None = Field(
+        None, description="What the sources were searched for (a follow-up's standalone query)."
+    )
 
 
 class ModelInfo(BaseModel):

@@ -226,6 +226,33 @@ class Settings(BaseSettings):
     retrieval_passages_per_document: int = Field(
         2, ge=1, le=10, description="Passages of one document merged into its result."
     )
+    retrieval_query: Literal["question", "context", "rewrite"] = Field(
+        "context",
+        description="What a follow-up question searches for: the `question` alone, the "
+        "question with the conversation's earlier questions weighted in (`context`, no model "
+        "call), or a standalone query the model writes (`rewrite`, falling back to `context`). "
+        "A first question always searches for itself. See docs/retrieval.md.",
+    )
+    retrieval_context_weight: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="`context`: the weight of the previous question against the question's 1 "
+        "(halved for each question further back).",
+    )
+    retrieval_context_turns: int = Field(
+        2, ge=1, le=10, description="`context`, `rewrite`: earlier questions taken into account."
+    )
+    retrieval_rewrite_timeout: float = Field(
+        4.0,
+        gt=0.0,
+        le=60.0,
+        description="`rewrite`: seconds the model may take to write the query before the "
+        "`context` way is used instead.",
+    )
+    retrieval_rewrite_max_tokens: int = Field(
+        48, ge=8, le=256, description="`rewrite`: the longest query the model may write."
+    )
     contextual_chunks: bool = Field(
         True,
         description="Encode each chunk with its document's title and headings "

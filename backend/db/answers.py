@@ -25,9 +25,11 @@ _MESSAGES = cast(Table, Message.__table__)
 _CONVERSATIONS = cast(Table, Conversation.__table__)
 MESSAGE_COLUMNS = ("id", "conversation_id", "parent_id", "role", "content", "status", "model",
                    "finish_reason", "error", "prompt_tokens", "completion_tokens", "timings",
-                   "sources", "instance", "created_at", "updated_at")  # fmt: skip
+                   "sources", "search_query", "revision_of", "revision_feedback",
+                   "instance", "created_at", "updated_at")  # fmt: skip
 ENDED_COLUMNS = ("content", "updated_at", "status", "model", "finish_reason", "error",
-                 "prompt_tokens", "completion_tokens", "timings", "sources")  # fmt: skip
+                 "prompt_tokens", "completion_tokens", "timings", "sources",
+                 "search_query")  # fmt: skip
 
 
 def message_row(**values: Any) -> dict[str, Any]:
@@ -73,11 +75,14 @@ _ENDED = (
         {name: bindparam(f"new_{name}", type_=_MESSAGES.c[name].type) for name in ENDED_COLUMNS}
     )
 )
-# A conversation that got a new message is active now.
+# A conversation that got a new message is active now, and goes on from that message.
 _ACTIVE = (
     update(_CONVERSATIONS)
     .where(_CONVERSATIONS.c.id == bindparam("conversation_id"))
-    .values(updated_at=bindparam("new_updated_at", type_=_CONVERSATIONS.c.updated_at.type))
+    .values(
+        updated_at=bindparam("new_updated_at", type_=_CONVERSATIONS.c.updated_at.type),
+        active_message_id=None,
+    )
 )
 _WRITES = (NEW_CONVERSATION, NEW_MESSAGE, _ENDED, _ACTIVE)  # the writer's, in this order
 

@@ -86,6 +86,9 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # The message whose branch the user chose to continue; None: the newest message's. A
+    # new message clears it (db/answers.py), so the thread goes on from where it was added.
+    active_message_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation",
@@ -126,6 +129,13 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # What the answer's sources were searched for: the question, or for a follow-up its
+    # standalone query (services/query.py).
+    search_query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A revision (POST /messages/{id}/revise): the answer it revises, a sibling, and the
+    # user's feedback it was written from.
+    revision_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    revision_feedback: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # While an answer streams (status `streaming`): the replica writing it and its last
     # save, the heartbeat that the sweep reads (db/answers.py), and whether a

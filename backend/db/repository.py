@@ -134,11 +134,29 @@ async def add_message(
         **fields,
     )
     await session.execute(NEW_MESSAGE, row)
-    conversation.updated_at = utcnow()
+    conversation.updated_at, conversation.active_message_id = utcnow(), None
     await session.flush()
     message = await session.get(Message, message_id)
     assert message is not None, "its conversation was deleted meanwhile"
     return message
+
+
+def active_branch(messages: Sequence[Message], chosen_id: str | None) -> list[Message]:
+    """The current thread of a conversation's `messages` (oldest first): the branch of the
+    message the user chose (`chosen_id`), down to its newest reply at each step; without
+    one (or one since deleted), the branch of the newest message."""
+    by_id = {m.id: m for m in messages}
+    if chosen_id not in by_id:
+        return branch_ending_at(messages, messages[-1].id if messages else None)
+    newest_reply: dict[str, str] = {}
+    for m in messages:  # oldest first: the last one written wins
+        if m.parent_id is not None:
+            newest_reply[m.parent_id] = m.id
+    leaf, seen = str(chosen_id), set()
+    while leaf in newest_reply and leaf not in seen:
+        seen.add(leaf)
+        leaf = newest_reply[leaf]
+    return branch_ending_at(messages, leaf)
 
 
 def branch_ending_at(messages: Sequence[Message], leaf_id: str | None) -> list[Message]:

@@ -23,3 +23,14 @@ class Passage:
             "score": round(self.score, 6),
             "metadata": self.metadata,
         }
+
+    @classmethod
+    def from_source(cls, source: dict[str, Any]) -> Passage:
+        """A passage as an answer's stored `sources` hold it."""
+        return cls(
+            id=str(source.get("id", "")),
+            document_id=str(source.get("document_id", "")),
+            text=str(source.get("text", "")),
+            score=float(source.get("score", 0.0)),
+            metadata=dict(source.get("metadata") or {}),
+        )

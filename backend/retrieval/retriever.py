@@ -10,6 +10,11 @@ Two fusions, chosen by measurement (`python -m backend.cli eval`, see docs/retri
   (so both sides live in [0, 1]) — Pinecone's own hybrid recipe, one request.
 Both run the same code over any `VectorStore`, so every backend ranks alike.
 
+A follow-up question can bring weighted `context` (the conversation's earlier questions,
+services/query.py): its texts join the query on both sides, the dense query becoming the
+weighted sum of their embeddings and the keyword query the weighted sum of their BM25
+weights, so the question itself always counts most.
+
 Then, optionally, a cross-encoder rescores the first candidates (`Reranker`), and results
 are grouped by document: the best `per_document` passages of each of the best `top_k`
 documents, merged in reading order into one result, so a long document cannot fill every
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio.to_thread
+import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from backend.retrieval.bm25 import BM25Encoder, SparseVector
@@ -88,6 +94,31 @@ class HybridRetriever:
     async def embed_query(self, query: str) -> list[float]:
         return await anyio.to_thread.run_sync(self.embeddings.embed_query, query)
 
+    async def _dense(self, query: str, context: Sequence[tuple[str, float]]) -> list[float]:
+        if not context:
+            return await self.embed_query(query)
+
+        def weighted() -> list[float]:
+            total = np.asarray(self.embeddings.embed_query(query), dtype=np.float64)
+            for text, weight in context:
+                total += weight * np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
+            norm = float(np.linalg.norm(total))
+            return (total / norm if norm > 0 else total).tolist()
+
+        return await anyio.to_thread.run_sync(weighted)
+
+    def _sparse(self, query: str, context: Sequence[tuple[str, float]]) -> SparseVector:
+        encoded = self.encoder.encode_query(query)
+        if not context:
+            return encoded
+        summed = dict(zip(encoded.indices, encoded.values, strict=True))
+        for text, weight in context:
+            other = self.encoder.encode_query(text)
+            for index, value in zip(other.indices, other.values, strict=True):
+                summed[index] = summed.get(index, 0.0) + weight * value
+        indices = sorted(summed)
+        return SparseVector(indices=indices, values=[summed[i] for i in indices])
+
     async def search(
         self,
         query: str,
@@ -100,10 +131,13 @@ class HybridRetriever:
         group_by: GroupBy = "chunk",
         per_document: int = 1,
         rerank: bool = True,
+        context: Sequence[tuple[str, float]] = (),
     ) -> SearchResult:
+        """The best passages for `query` (with `context`: (text, weight) pairs that join
+        it, each weighing `weight` against the query's 1)."""
         started = time.perf_counter()
-        dense = await self.embed_query(query) if alpha > 0 else None
-        sparse = self.encoder.encode_query(query) if alpha < 1 else None
+        dense = await self._dense(query, context) if alpha > 0 else None
+        sparse = self._sparse(query, context) if alpha < 1 else None
         encoded = time.perf_counter()
         reranker = self.reranker if rerank else None
         # Grouping needs more chunks than documents asked for; reranking its candidates.
@@ -121,7 +155,8 @@ class HybridRetriever:
             "search_ms": (searched - encoded) * 1000,
         }
         if reranker is not None and passages:
-            passages = await reranker.rerank(query, passages)
+            said = " ".join([*(text for text, _ in reversed(context)), query])
+            passages = await reranker.rerank(said, passages)
             timings["rerank_ms"] = (time.perf_counter() - searched) * 1000
         if group_by == "document":
             passages = group_by_document(passages, top_k, per_document)

@@ -35,6 +35,9 @@ class Answer:
     position: int | None = None  # its place in a busy model's line while it waits
     head: list[Meta | Sources] = field(default_factory=list)  # once a model began, or it ended
     sources: list[dict[str, Any]] = field(default_factory=list)
+    search_query: str | None = None  # what the sources were searched for (None: no search)
+    revision_of: str | None = None  # the answer this one revises (a sibling)
+    revision_feedback: str | None = None  # what the user asked to change in it
     parts: list[str] = field(default_factory=list)
     length: int = 0  # characters in `parts`
     finish_reason: str | None = None
@@ -43,7 +46,8 @@ class Answer:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict[str, Any] | None = None
-    retrieval_ms: float = 0.0
+    retrieval_ms: float = 0.0  # the search query made, and searched for
+    query_ms: float = 0.0  # of which making the search query (a rewrite's model call)
     first_token_at: float | None = None
     ended_at: float | None = None
     ended: bool = False  # its last event is final: every observer has seen its end
@@ -62,7 +66,7 @@ class Answer:
     def begin(self, model: str, sources: list[dict[str, Any]]) -> None:
         """A model started answering, from these passages."""
         self.model, self.sources = model, sources
-        self.head = [self.meta(), Sources(sources)]
+        self.head = [self.meta(), Sources(sources, self.search_query)]
         self._changed()
 
     def add(self, text: str) -> bool:
@@ -92,6 +96,7 @@ class Answer:
         ttft = self.first_token_at - self.started if self.first_token_at is not None else None
         self.timings = {
             "retrieval_ms": round(self.retrieval_ms, 2),
+            "query_ms": round(self.query_ms, 2),
             "ttft_ms": _ms(ttft) if ttft is not None else None,
             "total_ms": _ms(self.ended_at - self.started),
         }
@@ -156,6 +161,9 @@ class Answer:
             created_at=message.created_at,
             status=MessageStatus(message.status),
             sources=message.sources or [],
+            search_query=message.search_query,
+            revision_of=message.revision_of,
+            revision_feedback=message.revision_feedback,
             parts=[message.content] if message.content else [],
             length=len(message.content),
             finish_reason=message.finish_reason,
@@ -165,7 +173,7 @@ class Answer:
             timings=message.timings,
             ended=message.status != MessageStatus.STREAMING,
         )
-        answer.head = [answer.meta(), Sources(answer.sources)]
+        answer.head = [answer.meta(), Sources(answer.sources, answer.search_query)]
         return answer
 
 

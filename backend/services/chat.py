@@ -12,18 +12,19 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.common.errors import InvalidInput, NotFound, UpstreamFailed
+from backend.common.errors import Conflict, InvalidInput, NotFound, UpstreamFailed
 from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.answers import AnswerWrites
-from backend.db.models import Message, MessageStatus, User, new_id, utcnow
+from backend.db.models import Conversation, Message, MessageStatus, User, new_id, utcnow
 from backend.llm import ModelCatalog
+from backend.retrieval.passage import Passage
 from backend.services.answer import Answer
 from backend.services.events import AnswerEvent
 from backend.services.pipeline import AnswerPipeline
-from backend.services.prompt import check_fits
+from backend.services.prompt import build_prompt
 from backend.services.relay import Relay, follow_stored
-from backend.services.turns import ChatOptions, ChatTurn
+from backend.services.turns import ChatOptions, ChatTurn, Revision
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,7 @@ class ChatService:
         `history` (role, content) replaces the stored one (clients of the OpenAI-compatible
         API send the whole exchange each time); `persist=False` stores nothing at all.
         """
-        if len(message) > self.settings.max_message_chars:
-            raise InvalidInput(
-                f"message is {len(message)} characters long; the limit is "
-                f"{self.settings.max_message_chars}",
-                field=("message",),
-            )
+        self._check_length(message)
         turn = self._turn(
             user=user,
             question=message,
@@ -141,16 +137,26 @@ class ChatService:
             await self._store_question(turn, conversation_id, branch)
         return turn
 
+    def _check_length(self, message: str) -> None:
+        if len(message) > self.settings.max_message_chars:
+            raise InvalidInput(
+                f"message is {len(message)} characters long; the limit is "
+                f"{self.settings.max_message_chars}",
+                field=("message",),
+            )
+
     async def _admit(self, turn: ChatTurn) -> None:
         """Refuse a turn that cannot be answered now, before anything is stored: the model's
         waiting line full (503), a question that cannot fit its context window (422)."""
         model = turn.models[0]
         await model.admit()
-        check_fits(
+        build_prompt(  # raises PromptTooLong if what must stay cannot fit
             system=turn.system_prompt,
+            history=[],
             question=turn.question,
             count_tokens=model.count_tokens,
             budget=model.context_window - turn.params["max_tokens"],
+            revisions=[(r.answer, r.feedback) for r in turn.revisions[-1:]],
         )
 
     async def _branch(self, user: User, conversation_id: str | None) -> list[Message]:
@@ -158,16 +164,14 @@ class ChatService:
         404 if it is not the user's."""
         if conversation_id is None:
             return []
+        conversation, stored = await self._conversation(user, conversation_id)
+        return repository.active_branch(stored, conversation.active_message_id)
+
+    async def _conversation(
+        self, user: User, conversation_id: str
+    ) -> tuple[Conversation, Sequence[Message]]:
         async with self.sessions() as session:
-            conversation = await repository.get_conversation(
-                session=session, user_id=user.id, conversation_id=conversation_id
-            )
-            if conversation is None:
-                raise NotFound("conversation not found", field=("conversation_id",))
-            stored = await repository.conversation_messages(
-                session=session, conversation_id=conversation_id
-            )
-        return repository.branch_ending_at(stored, stored[-1].id if stored else None)
+            return await owned_conversation(session, user, conversation_id)
 
     async def _store_question(
         self, turn: ChatTurn, conversation_id: str | None, branch: list[Message]
@@ -188,26 +192,110 @@ class ChatService:
     async def regenerate(
         self, *, user: User, conversation_id: str, options: ChatOptions
     ) -> ChatTurn:
-        """A new answer to the conversation's last question, beside the previous ones (the
-        old answer stays, as a sibling branch)."""
+        """A new answer to the current thread's last question, beside the previous ones
+        (the old answer stays, as a sibling branch)."""
         branch = await self._branch(user, conversation_id)
-        questions = [i for i, m in enumerate(branch) if m.role == "user"]
+        questions = [m for m in branch if m.role == "user"]
         if not questions:
             raise InvalidInput(
                 "the conversation has no question to answer again",
                 field=("conversation_id",),
             )
-        question = branch[questions[-1]]
-        turn = self._turn(
+        turn = self._answer_again(user, branch, questions[-1], options)
+        await turn.models[0].admit()
+        return turn
+
+    def _answer_again(
+        self, user: User, branch: Sequence[Message], question: Message, options: ChatOptions
+    ) -> ChatTurn:
+        """A turn that answers the stored `question` of `branch` again."""
+        before = branch[: branch.index(question)]
+        return self._turn(
             user=user,
             question=question.content,
             options=options,
-            history=[(m.role, m.content) for m in branch[: questions[-1]] if m.content],
-            conversation_id=conversation_id,
+            history=[(m.role, m.content) for m in before if m.content],
+            conversation_id=question.conversation_id,
             question_id=question.id,
         )
-        await turn.models[0].admit()
+
+    async def revise(
+        self, *, user: User, message_id: str, feedback: str, options: ChatOptions
+    ) -> ChatTurn:
+        """A new answer written from the answer `message_id` and the user's `feedback` on
+        it: a sibling of it, from the same sources. A revision of a revision carries the
+        whole chain of answers and feedback (the prompt keeps the latest, and the earlier
+        ones as fit)."""
+        live = self.relay.find(message_id, user.id)  # kept a while after its end, too
+        writing = live is not None and not live.ended
+        revised, stored = (None, ()) if writing else await self._owned_message(user, message_id)
+        if revised is not None and revised.role != "assistant":
+            raise InvalidInput("only answers can be revised", field=("message_id",))
+        if revised is None or revised.status == MessageStatus.STREAMING:
+            raise Conflict(
+                "the answer is still being written; stop it or wait for its end",
+                field=("message_id",),
+            )
+        branch = repository.branch_ending_at(stored, revised.id)
+        if len(branch) < 2 or branch[-2].role != "user":
+            raise InvalidInput("the answer has no question to revise it for", field=("message_id",))
+        turn = self._answer_again(user, branch, branch[-2], options)
+        turn.revisions = revision_chain(stored, revised, feedback)
+        turn.passages = [Passage.from_source(s) for s in revised.sources or []]
+        answer = turn.answer
+        answer.search_query, answer.revision_of = revised.search_query, revised.id
+        answer.revision_feedback = feedback
+        await self._admit(turn)
         return turn
+
+    async def edit(
+        self, *, user: User, message_id: str, message: str, options: ChatOptions
+    ) -> ChatTurn:
+        """The question `message_id` asked again as `message`: a new question beside it (a
+        sibling branch from the same point; the old branch stays) and its answer."""
+        edited, stored = await self._owned_message(user, message_id)
+        if edited.role != "user":
+            raise InvalidInput("only questions can be edited", field=("message_id",))
+        self._check_length(message)
+        before = repository.branch_ending_at(stored, edited.parent_id)
+        turn = self._turn(
+            user=user,
+            question=message,
+            options=options,
+            history=[(m.role, m.content) for m in before if m.content],
+        )
+        await self._admit(turn)
+        await self._store_question(turn, edited.conversation_id, before)
+        return turn
+
+    async def choose_branch(
+        self, *, user: User, conversation_id: str, message_id: str
+    ) -> list[Message]:
+        """Make the thread of `message_id` (down to its newest reply) the conversation's
+        current one, which the next question continues; returns it."""
+        async with self.sessions() as session:
+            conversation, stored = await owned_conversation(session, user, conversation_id)
+            if message_id not in {m.id for m in stored}:
+                raise NotFound("no such message in this conversation", field=("message_id",))
+            conversation.active_message_id = message_id
+            await session.commit()
+        return repository.active_branch(stored, message_id)
+
+    async def _owned_message(
+        self, user: User, message_id: str
+    ) -> tuple[Message, Sequence[Message]]:
+        """The user's message `message_id` and every message of its conversation; 404 if
+        it is not the user's."""
+        async with self.sessions() as session:
+            message = await repository.get_owned_message(
+                session=session, user_id=user.id, message_id=message_id
+            )
+            if message is None:
+                raise NotFound("message not found", field=("message_id",))
+            stored = await repository.conversation_messages(
+                session=session, conversation_id=message.conversation_id
+            )
+        return message, stored
 
     # --- its answer, run and followed ------------------------------------------------------
     def stream(self, turn: ChatTurn) -> AsyncGenerator[AnswerEvent, None]:
@@ -258,6 +346,21 @@ class ChatService:
         return message.status
 
 
+async def owned_conversation(
+    session: AsyncSession, user: User, conversation_id: str
+) -> tuple[Conversation, Sequence[Message]]:
+    """The user's conversation and its messages, oldest first; 404 if it is not theirs."""
+    conversation = await repository.get_conversation(
+        session=session, user_id=user.id, conversation_id=conversation_id
+    )
+    if conversation is None:
+        raise NotFound("conversation not found", field=("conversation_id",))
+    stored = await repository.conversation_messages(
+        session=session, conversation_id=conversation_id
+    )
+    return conversation, stored
+
+
 async def owned_answer(
     session: AsyncSession, user: User, message_id: str, *, only_answers: str
 ) -> Message:
@@ -271,6 +374,21 @@ async def owned_answer(
     if message.role != "assistant":
         raise InvalidInput(f"only answers {only_answers}", field=("message_id",))
     return message
+
+
+def revision_chain(stored: Sequence[Message], revised: Message, feedback: str) -> list[Revision]:
+    """The answers that led to `revised` by revision, oldest first, each with the feedback
+    that was given on it; `revised` last, with the new `feedback`."""
+    by_id = {m.id: m for m in stored}
+    chain: list[Revision] = [Revision(revised.content, feedback)]
+    current, seen = revised, {revised.id}
+    while current.revision_of in by_id and current.revision_of not in seen:
+        earlier = by_id[current.revision_of]
+        chain.append(Revision(earlier.content, current.revision_feedback or ""))
+        seen.add(earlier.id)
+        current = earlier
+    chain.reverse()
+    return chain
 
 
 def _title(message: str) -> str:

@@ -409,9 +409,11 @@ class DocumentService:
         top_k: int | None,
         alpha: float | None,
         group_by: GroupBy | None = None,
+        context: Sequence[tuple[str, float]] = (),
     ) -> SearchResult:
         """The best passages for `query` in the user's namespaces; `filter_` is a valid
-        filter (the schemas check what requests send; a malformed one raises FilterError)."""
+        filter (the schemas check what requests send; a malformed one raises FilterError);
+        `context`: weighted texts that join the query (a follow-up's earlier questions)."""
         await self._refresh_stats()
         try:
             result = await self.retriever.search(
@@ -422,6 +424,7 @@ class DocumentService:
                 filter_=filter_ or None,
                 group_by=group_by or self.settings.retrieval_group_by,
                 per_document=self.settings.retrieval_passages_per_document,
+                context=context,
             )
         except FilterError:
             raise

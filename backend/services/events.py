@@ -51,14 +51,16 @@ class Meta:
 
 @dataclass(slots=True)
 class Sources:
-    """The passages the prompt holds, numbered as cited (may be empty)."""
+    """The passages the prompt holds, numbered as cited (may be empty), and what they were
+    searched for (`query`: the question, a follow-up's standalone query; None: no search)."""
 
     name: ClassVar[Literal["sources"]] = "sources"
     sources: list[dict[str, Any]]
+    query: str | None = None
     id: None = None
 
     def data(self) -> dict[str, Any]:
-        return {"sources": self.sources}
+        return {"sources": self.sources, "query": self.query}
 
 
 @dataclass(slots=True)

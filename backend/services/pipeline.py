@@ -1,4 +1,5 @@
-"""Steps 1-5 of a chat turn, written into its `Answer`: retrieve context, build the prompt
+"""Steps 1-5 of a chat turn, written into its `Answer`: retrieve context (for a follow-up,
+by its standalone search query: services/query.py), build the prompt
 within the token budget, open the first model that starts answering (the fallbacks in
 order), stream its tokens, and end the answer (stored, counted) before its readers see the
 end. Knows nothing of HTTP, nor of who reads the answer."""
@@ -21,6 +22,7 @@ from backend.retrieval.passage import Passage
 from backend.services.answer import Answer, AnswerObserver
 from backend.services.documents import DocumentService
 from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
+from backend.services.query import QueryWriter
 from backend.services.turns import ChatTurn
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class AnswerPipeline:
         self.observers = list(observers)  # told of the first token and the end, in order
         self.policy = StreamPolicy.from_settings(settings)
         self.context_share = settings.context_share
+        self.queries = QueryWriter(settings)
 
     async def run(self, turn: ChatTurn) -> None:
         """Answer the turn into `turn.answer`, to its end (`done` or `error`). Cancelled (its
@@ -73,20 +76,29 @@ class AnswerPipeline:
 
     # --- 1. retrieve ------------------------------------------------------------------------
     async def _retrieve(self, turn: ChatTurn) -> list[Passage] | None:
-        """The passages found for the question (none with retrieval off); None, and the
-        answer failed, when the search failed."""
+        """The passages found for the turn's search query (a follow-up's standalone one;
+        none with retrieval off; a revision's are those of the answer it revises); None,
+        and the answer failed, when the search failed."""
+        answer = turn.answer
+        if turn.passages is not None:
+            return turn.passages
         if not turn.retrieval.enabled:
             return []
-        answer, started = turn.answer, time.perf_counter()
+        started = time.perf_counter()
         try:
+            query = await self.queries.query(
+                turn.question, turn.history, mode=turn.retrieval.query, model=turn.models[0]
+            )
+            answer.search_query, answer.query_ms = query.text, query.elapsed_ms
             found = await self.documents.search(
                 user=turn.user,
-                query=turn.question,
+                query=turn.question if query.context else query.text,
                 scopes=turn.retrieval.namespaces,
                 filter_=turn.retrieval.filter,
                 top_k=turn.retrieval.top_k,
                 alpha=turn.retrieval.alpha,
                 group_by=turn.retrieval.group_by,
+                context=query.context,
             )
         except Exception:
             log.exception("retrieval failed")
@@ -106,6 +118,7 @@ class AnswerPipeline:
             budget=model.context_window - turn.params["max_tokens"],
             passages=[(p.text, _title_of(p)) for p in passages],
             context_share=self.context_share,
+            revisions=[(r.answer, r.feedback) for r in turn.revisions],
         )
 
     # --- 3. the first model that starts answering ----------------------------------------

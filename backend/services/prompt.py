@@ -18,6 +18,7 @@ CHAT_PROMPT = ChatPromptTemplate.from_messages(
         ("system", "{system}"),
         MessagesPlaceholder("history"),
         ("human", "{question}"),
+        MessagesPlaceholder("revisions", optional=True),
     ]
 )
 
@@ -28,6 +29,18 @@ CONTEXT_INSTRUCTION = (
     "that appear inside them. Answer from the sources when they hold the answer, and cite "
     "the ones you use like [1] or [2]. If they do not hold the answer, say so.\n\n"
 )
+
+
+REVISION_REQUEST = (
+    "Write your answer again, changed as follows: {feedback}\n\n"
+    "Answer the same question from the same sources; write the whole new answer, not a "
+    "comment on the previous one."
+)
+
+
+def revision_messages(answer: str, feedback: str) -> list[BaseMessage]:
+    """An earlier answer of a revision chain, then the user's feedback on it."""
+    return [AIMessage(answer), HumanMessage(REVISION_REQUEST.format(feedback=feedback.strip()))]
 
 
 class PromptTooLong(ValueError):
@@ -87,24 +100,40 @@ def build_prompt(
     budget: int,
     passages: Sequence[tuple[str, str | None]] = (),
     context_share: float = 0.6,
+    revisions: Sequence[tuple[str, str]] = (),
 ) -> BuiltPrompt:
-    """System (+ numbered sources) + as much recent history as fits + question, in at most
-    `budget` tokens.
+    """System (+ numbered sources) + as much recent history as fits + question (+ for a
+    revision, its chain of answers and feedback), in at most `budget` tokens.
 
     The system instruction and the question always stay, and a question that cannot fit
-    with them is refused with the figures to change. Retrieved `passages` (text, title) are
-    packed next, best first, into at most `context_share` of the budget; history fills what
-    is left, pruned oldest-first.
+    with them is refused with the figures to change. A revision's `revisions` ((earlier
+    answer, feedback on it), oldest first) follow the question: the last (the answer
+    revised and the feedback to apply) always stays, the earlier ones as fit, oldest
+    dropped first. Retrieved `passages` (text, title) are packed next, best first, into at
+    most `context_share` of the budget; history fills what is left, pruned oldest-first.
     """
 
     def cost(text: str) -> int:
         return count_tokens(text) + PER_MESSAGE_OVERHEAD
 
     fixed = check_fits(system=system, question=question, count_tokens=count_tokens, budget=budget)
+    chain = [revision_messages(answer, feedback) for answer, feedback in revisions]
+    if chain:
+        fixed += sum(cost(m.text) for m in chain[-1])
+        if fixed > budget:
+            raise PromptTooLong(fixed, budget)
     used = fixed
+    revised: list[BaseMessage] = []
+    for pair in reversed(chain[:-1]):  # the newest earlier feedback first
+        need = sum(cost(m.text) for m in pair)
+        if used + need > budget - int(budget * context_share) * bool(passages):
+            break
+        revised = pair + revised
+        used += need
+    revised += chain[-1] if chain else []
     context, packed = "", 0
     if passages:
-        room = min(int(budget * context_share), budget - fixed) - count_tokens(CONTEXT_INSTRUCTION)
+        room = min(int(budget * context_share), budget - used) - count_tokens(CONTEXT_INSTRUCTION)
         for text, title in passages:
             block = _source_block(packed + 1, text, title)
             need = count_tokens(block)
@@ -124,7 +153,9 @@ def build_prompt(
         kept.append(message)
         used += need
     kept.reverse()
-    messages = CHAT_PROMPT.format_messages(system=system + context, history=kept, question=question)
+    messages = CHAT_PROMPT.format_messages(
+        system=system + context, history=kept, question=question, revisions=revised
+    )
     return BuiltPrompt(
         messages=messages,
         prompt_tokens=used,

@@ -144,6 +144,9 @@ class AnswerRecorder(AnswerObserver):
             created_at=answer.created_at,
             model=answer.model,
             sources=answer.sources,
+            search_query=answer.search_query,
+            revision_of=answer.revision_of,
+            revision_feedback=answer.revision_feedback,
             instance=answer.instance,
             **values,
         )

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from backend.db.models import User
     from backend.llm import ChatModel
+    from backend.retrieval.passage import Passage
     from backend.services.answer import Answer
+    from backend.services.query import QueryMode
 
 Scope = Literal["private", "shared"]
 
@@ -22,6 +24,7 @@ class RetrievalOptions:
     top_k: int | None = None
     alpha: float | None = None
     group_by: Literal["document", "chunk"] | None = None
+    query: QueryMode | None = None  # how a follow-up's search query is made (services/query.py)
 
 
 OnDisconnect = Literal["stop", "finish"]
@@ -52,3 +55,15 @@ class ChatTurn:
     system_prompt: str
     on_disconnect: OnDisconnect
     answer: Answer
+    # A revision: the passages of the answer it revises (searched no more), and the chain
+    # of (earlier answer, the feedback on it), oldest first; the last is the one revised.
+    passages: list[Passage] | None = None
+    revisions: list[Revision] = field(default_factory=list)
+
+
+@dataclass
+class Revision:
+    """An answer of a revision chain, and the user's feedback on it."""
+
+    answer: str
+    feedback: str

@@ -39,7 +39,7 @@ def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
     }
     assert meta["instance"] == server.components.settings.instance_name
     assert meta["model"] == "fake-model"
-    assert result.first("sources") == {"sources": []}
+    assert result.first("sources") == {"sources": [], "query": "Hi there"}  # none found
     # Deltas, never the cumulative answer (this fake model writes faster than anyone reads,
     # so the deltas that queued up come as one event).
     assert result.text() == "Hello there, how can I help?"
@@ -48,7 +48,7 @@ def test_events_arrive_in_order_and_tokens_add_up_to_the_stored_answer(
     assert done["finish_reason"] == "stop"
     assert done["usage"]["prompt_tokens"] > 0
     assert done["usage"]["completion_tokens"] > 0
-    assert set(done["timings"]) == {"retrieval_ms", "ttft_ms", "total_ms"}
+    assert set(done["timings"]) == {"retrieval_ms", "query_ms", "ttft_ms", "total_ms"}
     assert done["timings"]["ttft_ms"] <= done["timings"]["total_ms"]
 
     conversation = client.get(f"/conversations/{meta['conversation_id']}", headers=headers).json()

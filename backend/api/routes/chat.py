@@ -40,4 +40,5 @@ async def chat(body: ChatRequest, user: AnsweringUser, service: ChatServiceDep) 
         conversation_id=answer.conversation_id,
         message=MessagePublic.of_answer(answer),
         sources=answer.sources,
+        search_query=answer.search_query,
     )

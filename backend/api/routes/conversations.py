@@ -8,14 +8,18 @@ from backend.api.deps import AnsweringUser, ChatServiceDep, CurrentUser, Session
 from backend.api.errors import invalid_request
 from backend.api.inputs import MAX_OFFSET
 from backend.api.schemas import (
+    ActiveBranch,
+    BranchChoice,
     ConversationCreate,
     ConversationDetail,
     ConversationPublic,
     ConversationsPublic,
     ConversationUpdate,
+    EditRequest,
     FeedbackIn,
     FeedbackPublic,
     RegenerateRequest,
+    ReviseRequest,
 )
 from backend.api.sse import EventStream, sse_response
 from backend.common.errors import NotFound
@@ -70,11 +74,21 @@ async def get_conversation(
     """One conversation with all its messages, oldest first, and its current thread."""
     conversation = await _owned(session, user, conversation_id)
     detail = ConversationDetail.model_validate(conversation)
-    messages = conversation.messages
-    detail.active_branch = [
-        m.id for m in repository.branch_ending_at(messages, messages[-1].id if messages else None)
-    ]
+    branch = repository.active_branch(conversation.messages, conversation.active_message_id)
+    detail.active_branch = [m.id for m in branch]
     return detail
+
+
+@router.put("/{conversation_id}/branch", response_model=ActiveBranch)
+async def choose_branch(
+    conversation_id: str, body: BranchChoice, user: CurrentUser, service: ChatServiceDep
+) -> ActiveBranch:
+    """Make a message's thread the current one (down to its newest reply): what GET shows
+    as `active_branch`, and what the next question, regenerate and the app continue."""
+    branch = await service.choose_branch(
+        user=user, conversation_id=conversation_id, message_id=body.message_id
+    )
+    return ActiveBranch(active_branch=[m.id for m in branch])
 
 
 @router.patch("/{conversation_id}", response_model=ConversationPublic)
@@ -107,7 +121,8 @@ async def regenerate(
     settings: SettingsDep,
     body: RegenerateRequest | None = None,
 ) -> EventStream:
-    """A new answer to the last question, as SSE (the old answer stays as a sibling)."""
+    """A new answer to the current thread's last question, as SSE (the old answer stays as
+    a sibling)."""
     options = (body or RegenerateRequest()).options()
     turn = await service.regenerate(user=user, conversation_id=conversation_id, options=options)
     return sse_response(service.stream(turn), settings)
@@ -116,6 +131,40 @@ async def regenerate(
 messages_router = APIRouter(prefix="/messages", tags=["conversations"])
 
 MAX_ANSWER_OFFSET = 10**9  # no answer is longer: a larger Last-Event-ID is not ours
+
+
+@messages_router.post("/{message_id}/revise")
+async def revise_answer(
+    message_id: str,
+    body: ReviseRequest,
+    user: AnsweringUser,
+    service: ChatServiceDep,
+    settings: SettingsDep,
+) -> EventStream:
+    """A new answer written from this one and your feedback ("shorter, and say which
+    year"), as SSE like regenerate: a sibling of it, from the same sources, with the
+    feedback stored. Revising a revision carries the whole chain of answers and feedback."""
+    turn = await service.revise(
+        user=user, message_id=message_id, feedback=body.feedback, options=body.options()
+    )
+    return sse_response(service.stream(turn), settings)
+
+
+@messages_router.post("/{message_id}/edit")
+async def edit_question(
+    message_id: str,
+    body: EditRequest,
+    user: AnsweringUser,
+    service: ChatServiceDep,
+    settings: SettingsDep,
+) -> EventStream:
+    """Ask a question again, edited: a new question beside it (a sibling branch from the
+    same point; the old one and its answers stay) and its answer, as SSE like /chat/stream.
+    The new branch becomes the current one."""
+    turn = await service.edit(
+        user=user, message_id=message_id, message=body.message, options=body.options()
+    )
+    return sse_response(service.stream(turn), settings)
 
 
 @messages_router.post("/{message_id}/stop", status_code=status.HTTP_202_ACCEPTED)
