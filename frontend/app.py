@@ -20,6 +20,12 @@ OPERATOR_CODES = {
     "=": "$eq", "≠": "$ne", ">": "$gt", "≥": "$gte", "<": "$lt", "≤": "$lte",
     "in": "$in", "not in": "$nin", "exists": "$exists",
 }  # fmt: skip
+FOLLOW_UP_QUERIES = {
+    "default": "the server's choice (RETRIEVAL_QUERY)",
+    "context": "the question with the conversation's earlier questions",
+    "rewrite": "a standalone query the model writes",
+    "question": "the question alone",
+}
 
 
 def session_client() -> BackendClient:
@@ -120,6 +126,12 @@ def retrieval_panel() -> dict[str, Any]:
         )
         top_k = st.slider("Passages (top_k)", 1, 20, 5, key="rag_top_k")
         alpha = st.slider("Keyword ◀ mix ▶ meaning (alpha)", 0.0, 1.0, 0.5, 0.05, key="rag_alpha")
+        follow_ups: str = st.selectbox(
+            "Follow-up questions search for",
+            list(FOLLOW_UP_QUERIES.keys()),
+            format_func=lambda way: FOLLOW_UP_QUERIES[way],
+            key="rag_query",
+        )
         st.caption("Metadata filter")
         conditions = []
         for row in range(3):
@@ -152,6 +164,8 @@ def retrieval_panel() -> dict[str, Any]:
         if state.filter_error:
             st.error(state.filter_error)
     options: dict[str, Any] = {"enabled": enabled, "top_k": top_k, "alpha": alpha}
+    if follow_ups != "default":
+        options["query"] = follow_ups
     if spaces:
         options["namespaces"] = spaces
     if filter_ is not None:
@@ -201,13 +215,75 @@ def show_answer_footer(model: str | None, status: str, timings: dict[str, Any] |
     st.caption(" · ".join(parts))
 
 
-def history(client: BackendClient) -> list[dict[str, Any]]:
+def history(client: BackendClient) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """The conversation's current thread, and for each of its messages the ids of it and
+    its siblings (the other answers to its question, the other versions of a question)."""
     state = st.session_state
     if not state.conversation_id:
-        return []
+        return [], {}
     detail = client.conversation(state.conversation_id)
     by_id = {m["id"]: m for m in detail["messages"]}
-    return [by_id[i] for i in detail["active_branch"] if i in by_id]
+    family: dict[tuple[str | None, str], list[str]] = {}
+    for m in detail["messages"]:  # oldest first: siblings numbered in the order written
+        family.setdefault((m["parent_id"], m["role"]), []).append(m["id"])
+    thread = [by_id[i] for i in detail["active_branch"] if i in by_id]
+    return thread, {m["id"]: family[(m["parent_id"], m["role"])] for m in thread}
+
+
+def branch_switcher(client: BackendClient, message: dict[str, Any], siblings: list[str]) -> None:
+    """‹ 2 / 3 › on a message with siblings: the arrows make a sibling's thread current."""
+    if len(siblings) < 2:
+        return
+    at = siblings.index(message["id"])
+    back, where, forward, _ = st.columns([1, 2, 1, 8])
+    where.caption(f"{at + 1} / {len(siblings)}")
+    for column, step, label in ((back, -1, "‹"), (forward, 1, "›")):
+        target = at + step
+        if column.button(
+            label,
+            key=f"branch-{step}-{message['id']}",
+            disabled=not 0 <= target < len(siblings),
+            help="Show the previous version" if step < 0 else "Show the next version",
+        ):
+            client.choose_branch(st.session_state.conversation_id, siblings[target])
+            st.rerun()
+
+
+REVISE_ASKS = ("Shorter", "More detail", "Only from the sources")
+
+
+def revise_box(message: dict[str, Any]) -> str | None:
+    """Under an answer: one-click asks and free text; the feedback chosen, if any."""
+    with st.expander("✎ Revise this answer"):
+        columns = st.columns(len(REVISE_ASKS))
+        for column, ask in zip(columns, REVISE_ASKS, strict=True):
+            if column.button(ask, key=f"ask-{ask}-{message['id']}"):
+                return ask
+        written = st.text_input(
+            "What should change?",
+            key=f"feedback-{message['id']}",
+            placeholder="shorter, and say which year",
+        )
+        if st.button("Revise", key=f"revise-{message['id']}") and written.strip():
+            return written.strip()
+    return None
+
+
+def edit_box(message: dict[str, Any]) -> str | None:
+    """Under a question: edit it and send it again (a new branch; the old one stays)."""
+    with st.expander("✎ Edit"):
+        edited = st.text_area(
+            "Edited question", value=message["content"], key=f"edit-{message['id']}"
+        )
+        if st.button("Send edited", key=f"send-edit-{message['id']}") and edited.strip():
+            return edited.strip()
+    return None
+
+
+def searched_for(query: str | None, question: str | None) -> None:
+    """What a follow-up's sources were searched for, when it is not the question itself."""
+    if query and query != question:
+        st.caption(f"Searched for: {query}")
 
 
 def stop_answer(client: BackendClient, answer: StreamedAnswer) -> None:
@@ -245,13 +321,16 @@ def stream_answer(client: BackendClient, tokens: Any, answer: StreamedAnswer) ->
     elif answer.done:
         show_answer_footer(answer.meta.get("model"), "complete", answer.done.get("timings"))
     show_sources(answer.sources)
+    searched_for(answer.search_query, None)
 
 
 def chat(client: BackendClient, options: dict[str, Any]) -> None:
     state = st.session_state
-    messages = history(client)
+    messages, siblings = history(client)
     if not messages:
         st.info("Ask a question. Answers cite the documents you upload in the Documents tab.")
+    pending: tuple[str, str, str] | None = None  # (what, message id, text) to stream next
+    question: str | None = None
     for index, message in enumerate(messages):
         if message["status"] == "streaming":  # still being written: follow it live
             with st.chat_message("assistant"):
@@ -260,18 +339,41 @@ def chat(client: BackendClient, options: dict[str, Any]) -> None:
             continue
         with st.chat_message(message["role"]):
             st.markdown(message["content"] or "_(no answer)_")
-            if message["role"] == "assistant":
-                show_answer_footer(message["model"], message["status"], message["timings"])
-                show_sources(message.get("sources") or [])
-                show_feedback(client, message)
-                if index == len(messages) - 1 and st.button("↻ Regenerate", key="regenerate"):
-                    with st.chat_message("assistant"):
-                        answer = StreamedAnswer()
-                        tokens = client.regenerate(
-                            state.conversation_id, answer, {"retrieval": options}
-                        )
-                        stream_answer(client, tokens, answer)
-                    st.rerun()
+            branch_switcher(client, message, siblings[message["id"]])
+            if message["role"] == "user":
+                question = message["content"]
+                if (edited := edit_box(message)) is not None:
+                    pending = ("edit", message["id"], edited)
+                continue
+            if message.get("revision_feedback"):
+                st.caption(f"Revised: {message['revision_feedback']}")
+            show_answer_footer(message["model"], message["status"], message["timings"])
+            show_sources(message.get("sources") or [])
+            searched_for(message.get("search_query"), question)
+            show_feedback(client, message)
+            if index == len(messages) - 1:
+                if (feedback := revise_box(message)) is not None:
+                    pending = ("revise", message["id"], feedback)
+                if st.button("↻ Regenerate", key="regenerate"):
+                    pending = ("regenerate", message["id"], "")
+    if pending is not None:
+        what, message_id, text = pending
+        body: dict[str, Any] = {"retrieval": options}
+        if state.get("model"):
+            body["model"] = state.model
+        if what == "edit":
+            with st.chat_message("user"):
+                st.markdown(text)
+        with st.chat_message("assistant"):
+            answer = StreamedAnswer()
+            if what == "revise":
+                tokens = client.revise(message_id, text, answer, body)
+            elif what == "edit":
+                tokens = client.edit(message_id, text, answer, body)
+            else:
+                tokens = client.regenerate(state.conversation_id, answer, body)
+            stream_answer(client, tokens, answer)
+        st.rerun()
     if prompt := st.chat_input("Ask something"):
         state.filter_error = None
         with st.chat_message("user"):

@@ -68,6 +68,7 @@ class StreamedAnswer:
 
     meta: dict[str, Any] = field(default_factory=dict)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    search_query: str | None = None  # what the sources were searched for
     done: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     last_id: int = 0  # characters of the answer read so far (the last event's id)
@@ -178,6 +179,33 @@ class BackendClient:
         path = f"/conversations/{conversation_id}/regenerate"
         return self._stream("POST", path, answer, json={**(options or {}), **FINISH})
 
+    def revise(
+        self,
+        message_id: str,
+        feedback: str,
+        answer: StreamedAnswer,
+        options: dict[str, Any] | None = None,
+    ) -> Iterator[str]:
+        """A new answer written from answer `message_id` and the user's `feedback`."""
+        body = {**(options or {}), "feedback": feedback, **FINISH}
+        return self._stream("POST", f"/messages/{message_id}/revise", answer, json=body)
+
+    def edit(
+        self,
+        message_id: str,
+        message: str,
+        answer: StreamedAnswer,
+        options: dict[str, Any] | None = None,
+    ) -> Iterator[str]:
+        """The question `message_id` asked again as `message`, in a new branch."""
+        body = {**(options or {}), "message": message, **FINISH}
+        return self._stream("POST", f"/messages/{message_id}/edit", answer, json=body)
+
+    def choose_branch(self, conversation_id: str, message_id: str) -> None:
+        self._request(
+            "PUT", f"/conversations/{conversation_id}/branch", json={"message_id": message_id}
+        )
+
     def resume(self, message_id: str, answer: StreamedAnswer) -> Iterator[str]:
         """The tokens of an answer after the `answer.last_id` characters already read, live
         while it is still being generated."""
@@ -231,6 +259,7 @@ class BackendClient:
                     answer.meta = data
                 elif event.event == "sources":
                     answer.sources = data["sources"]
+                    answer.search_query = data.get("query")
                 elif event.event == "done":
                     answer.done = data
                 elif event.event == "error":

@@ -286,3 +286,65 @@ def test_an_answer_left_mid_stream_is_resumed_on_the_next_run(
     assert detail["messages"][1]["status"] == "complete"
     shown = [m.markdown[0].value for m in app.chat_message if m.markdown]
     assert ("one two three four five " * 8).strip() in "".join(shown)
+
+
+def _answer_ids(client: httpx.Client, headers: dict[str, str]) -> tuple[str, list[dict]]:
+    conversation_id = client.get("/conversations", headers=headers).json()["data"][0]["id"]
+    detail = client.get(f"/conversations/{conversation_id}", headers=headers).json()
+    return conversation_id, detail["messages"]
+
+
+def test_revise_an_answer_and_walk_its_versions(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    ask(app, "Tell me about glaciers")
+    _, messages = _answer_ids(client, headers)
+    first_answer = messages[1]["id"]
+    assert "✎ Revise this answer" in [e.label for e in app.expander]
+    app.button(key=f"ask-Shorter-{first_answer}").click().run()
+    assert not app.exception, app.exception
+    _, messages = _answer_ids(client, headers)
+    revision = messages[2]
+    assert (revision["revision_of"], revision["revision_feedback"]) == (first_answer, "Shorter")
+    assert revision["parent_id"] == messages[0]["id"]
+    assert [m.markdown[0].value for m in app.chat_message][-1] == "A second answer."
+    captions = [c.value for c in app.caption]
+    assert "2 / 2" in captions
+    assert "Revised: Shorter" in captions
+
+    # Free text on the revision, then back to the first version with ‹.
+    app.text_input(key=f"feedback-{revision['id']}").input("say which year")
+    app.button(key=f"revise-{revision['id']}").click().run()
+    _, messages = _answer_ids(client, headers)
+    assert messages[-1]["revision_feedback"] == "say which year"
+    assert "3 / 3" in [c.value for c in app.caption]
+    app.button(key=f"branch--1-{messages[-1]['id']}").click().run()
+    app.button(key=f"branch--1-{revision['id']}").click().run()
+    assert not app.exception, app.exception
+    assert [m.markdown[0].value for m in app.chat_message] == ["Tell me about glaciers", REPLY]
+    assert "1 / 3" in [c.value for c in app.caption]
+
+
+def test_edit_a_question_into_a_new_branch(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    ask(app, "First question")
+    _, messages = _answer_ids(client, headers)
+    question = messages[0]["id"]
+    app.text_area(key=f"edit-{question}").input("First question, edited")
+    app.button(key=f"send-edit-{question}").click().run()
+    assert not app.exception, app.exception
+    _, messages = _answer_ids(client, headers)
+    asked = [m["content"] for m in messages if m["role"] == "user"]
+    assert asked == ["First question", "First question, edited"]
+    shown = [m.markdown[0].value for m in app.chat_message]
+    assert shown[0] == "First question, edited"
+    assert "2 / 2" in [c.value for c in app.caption]
+
+
+def test_a_follow_up_shows_what_it_searched_for(app: AppTest, client: httpx.Client) -> None:
+    headers = signed_in(app, client)
+    ingest(client, headers, {"id": "m", "text": "Metformin treats type 2 diabetes."})
+    ask(app, "What is metformin used for?")
+    assert not any(c.value.startswith("Searched for") for c in app.caption)
+    ask(app, "Does it lower the risk of cancer?")
+    expected = "Searched for: What is metformin used for? … Does it lower the risk of cancer?"
+    assert expected in [c.value for c in app.caption]

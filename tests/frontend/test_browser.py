@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPLY = "Glaciers retreat because winters warm [1]."
+SHORTER = "Winters warm [1]."
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def model():
-    return fake_model([REPLY])
+    return fake_model([REPLY, SHORTER])
 
 
 @pytest.fixture
@@ -75,17 +76,23 @@ def page(frontend: str) -> Iterator:
         browser.close()
 
 
+def sign_up(page, frontend: str, username: str, password: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(frontend)
+    page.get_by_role("tab", name="Create account").click()
+    page.get_by_label("Username", exact=True).last.fill(username)
+    page.get_by_label("Password (8 characters or more)").fill(password)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+
+
 def test_sign_up_ask_see_sources_give_feedback_and_find_it_again(
     page, frontend: str, server: LiveServer, client: httpx.Client
 ) -> None:
     from playwright.sync_api import expect
 
-    page.goto(frontend)
-    page.get_by_role("tab", name="Create account").click()
-    page.get_by_label("Username", exact=True).last.fill("browser-user")
-    page.get_by_label("Password (8 characters or more)").fill("browser-password")
-    page.get_by_role("button", name="Create account").click()
-    expect(page.get_by_text("Signed in as")).to_be_visible()
+    sign_up(page, frontend, "browser-user", "browser-password")
     page.screenshot(path=ARTIFACTS / "1-signed-in.png")
 
     token = client.post(
@@ -124,3 +131,24 @@ def test_sign_up_ask_see_sources_give_feedback_and_find_it_again(
     page.get_by_role("button", name="Why do glaciers retreat?").click()
     expect(page.get_by_text(REPLY).first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "3-after-reload.png", full_page=True)
+
+
+def test_revise_an_answer_and_switch_between_its_versions(page, frontend: str) -> None:
+    from playwright.sync_api import expect
+
+    sign_up(page, frontend, "reviser", "reviser-password")
+    page.get_by_test_id("stChatInputTextArea").fill("Why do glaciers retreat?")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text(REPLY).first).to_be_visible()
+
+    page.get_by_text("✎ Revise this answer").click()
+    page.get_by_role("button", name="Shorter").click()
+    expect(page.get_by_text(SHORTER, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Revised: Shorter")).to_be_visible()
+    expect(page.get_by_text("2 / 2")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "4-revised.png", full_page=True)
+
+    page.get_by_role("button", name="‹").click()
+    expect(page.get_by_text("1 / 2")).to_be_visible()
+    expect(page.get_by_text(REPLY).first).to_be_visible()
+    expect(page.get_by_text(SHORTER, exact=True)).to_have_count(0)
