@@ -13,9 +13,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
@@ -24,6 +26,10 @@ from backend.cli.sources import batches, jsonl_documents
 from backend.retrieval.chunking import chunk_text
 from backend.retrieval.retriever import Fusion, HybridRetriever
 from backend.services.ingestion import NewDocument
+
+if TYPE_CHECKING:
+    from backend.db.models import User
+    from backend.services.documents import DocumentService
 
 log = logging.getLogger(__name__)
 
@@ -199,18 +205,26 @@ async def _documents_found(retriever: HybridRetriever, query: str, **search: Any
 Configuration = tuple[str, Fusion, float, bool]  # name, fusion, alpha, reranked
 
 
-async def _measure(
-    settings: Any,
-    embeddings: Embeddings,
-    corpus: list[NewDocument],
-    queries: dict[str, str],
-    qrels: dict[str, set[str]],
-    alphas: Sequence[float],
-    fusions: Sequence[Fusion],
-    quiet: bool,
-) -> dict[str, Any]:
-    """Ingest `corpus` through the service's own path, then score every configuration and
-    check that filters hold."""
+@dataclass
+class Ingested:
+    """A corpus ingested for an evaluation: the documents service, the user whose private
+    documents they are, the chunks and the seconds ingestion took."""
+
+    documents: DocumentService
+    user: User
+    chunks: int
+    seconds: float
+
+    @property
+    def namespaces(self) -> list[str]:
+        return self.documents.readable_namespaces(self.user, ["private"])
+
+
+@asynccontextmanager
+async def ingested(
+    settings: Any, embeddings: Embeddings, corpus: list[NewDocument], quiet: bool = True
+) -> AsyncIterator[Ingested]:
+    """`corpus` ingested through the service's own path into a fresh store and database."""
     from backend.db import repository
     from backend.db.engine import session_factory
     from backend.services.components import build_documents, open_database
@@ -229,24 +243,39 @@ async def _measure(
             chunks += sum(r.chunks for r in results)
             if not quiet:
                 print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
-        ingest_seconds = time.perf_counter() - started
         if not quiet:
             print(file=sys.stderr)
-        retriever = documents.retriever
-        namespaces = documents.readable_namespaces(user, ["private"])
+        yield Ingested(documents, user, chunks, time.perf_counter() - started)
+    finally:
+        await documents.store.close()
+        await engine.dispose()
+
+
+async def _measure(
+    settings: Any,
+    embeddings: Embeddings,
+    corpus: list[NewDocument],
+    queries: dict[str, str],
+    qrels: dict[str, set[str]],
+    alphas: Sequence[float],
+    fusions: Sequence[Fusion],
+    quiet: bool,
+) -> dict[str, Any]:
+    """Ingest `corpus` through the service's own path, then score every configuration and
+    check that filters hold."""
+    async with ingested(settings, embeddings, corpus, quiet) as done:
+        retriever = done.documents.retriever
+        namespaces = done.namespaces
         per_document = settings.retrieval_passages_per_document
         rows = [
             await _score(retriever, configuration, namespaces, queries, qrels, per_document)
             for configuration in _configurations(settings, retriever, alphas, fusions)
         ]
         checks, violations = await _filter_violations(retriever, namespaces, queries)
-    finally:
-        await documents.store.close()
-        await engine.dispose()
     return {
-        "chunks": chunks,
-        "ingest_seconds": ingest_seconds,
-        "ingest_chunks_per_s": chunks / ingest_seconds,
+        "chunks": done.chunks,
+        "ingest_seconds": done.seconds,
+        "ingest_chunks_per_s": done.chunks / done.seconds,
         "rows": rows,
         "filter_checks": checks,
         "filter_violations": violations,
