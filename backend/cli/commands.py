@@ -121,6 +121,26 @@ async def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _eval_answers(args: argparse.Namespace) -> int:
+    from backend.cli.answers import evaluate_answers, parse_config, print_report, write_reports
+
+    report = await evaluate_answers(
+        args.dataset,
+        split=args.split,
+        labels=args.labels.split(","),
+        label_field=args.label_field,
+        answer_field=args.answer_field,
+        configurations=[parse_config(c) for c in args.config],
+        limit=args.limit,
+        cache=args.cache,
+        quiet=args.quiet,
+    )
+    print_report(report)
+    for path in await asyncio.to_thread(write_reports, report, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 # --- users ----------------------------------------------------------------------------------
 async def _users(args: argparse.Namespace) -> int:
     import secrets
@@ -227,6 +247,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate_.add_argument("--json", help="also write the report to this file")
     evaluate_.add_argument("--quiet", action="store_true")
 
+    answers = commands.add_parser(
+        "eval-answers", help="score answers through the chat pipeline on a BEIR-layout dataset"
+    )
+    answers.add_argument("dataset", type=Path)
+    answers.add_argument("--split", default="test", help="as for eval")
+    answers.add_argument("--labels", default="yes,no,maybe", help="the closed set of labels")
+    answers.add_argument("--label-field", help="the queries' metadata field holding the label")
+    answers.add_argument("--answer-field", help="the metadata field holding the expected text")
+    answers.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="a configuration to score (several allowed); keys: model, alpha, top_k, query, "
+        "group_by, temperature, max_tokens",
+    )
+    answers.add_argument("--limit", type=int, help="the first N questions of the split")
+    answers.add_argument("--cache", type=Path, default=Path(".eval-cache"), help="answers kept")
+    answers.add_argument("--out", type=Path, default=Path("eval-report"), help="report folder")
+    answers.add_argument("--quiet", action="store_true")
+
     users = commands.add_parser("users", help="add, disable or list accounts")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create an account (or make an existing one admin)")
@@ -238,5 +279,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    runners = {"ingest": _ingest, "eval": _eval, "users": _users}
+    runners = {"ingest": _ingest, "eval": _eval, "eval-answers": _eval_answers, "users": _users}
     return asyncio.run(runners[args.command](args))

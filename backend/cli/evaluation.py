@@ -28,6 +28,8 @@ from backend.retrieval.retriever import Fusion, HybridRetriever
 from backend.services.ingestion import NewDocument
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from backend.db.models import User
     from backend.services.documents import DocumentService
 
@@ -220,32 +222,43 @@ class Ingested:
         return self.documents.readable_namespaces(self.user, ["private"])
 
 
+async def ingest_corpus(
+    documents: DocumentService,
+    sessions: async_sessionmaker[AsyncSession],
+    corpus: list[NewDocument],
+    quiet: bool = True,
+) -> Ingested:
+    """`corpus` ingested through the service's own path, as a new user's private documents."""
+    from backend.db import repository
+
+    async with sessions() as session:
+        user = await repository.create_user(session=session, username="eval", password_hash="-")
+        await session.commit()
+    started = time.perf_counter()
+    chunks = 0
+    for batch in batches(iter(corpus), 256):
+        results = await documents.ingest(user=user, documents=batch, operator=True)
+        chunks += sum(r.chunks for r in results)
+        if not quiet:
+            print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
+    if not quiet:
+        print(file=sys.stderr)
+    return Ingested(documents, user, chunks, time.perf_counter() - started)
+
+
 @asynccontextmanager
 async def ingested(
     settings: Any, embeddings: Embeddings, corpus: list[NewDocument], quiet: bool = True
 ) -> AsyncIterator[Ingested]:
     """`corpus` ingested through the service's own path into a fresh store and database."""
-    from backend.db import repository
     from backend.db.engine import session_factory
     from backend.services.components import build_documents, open_database
 
     engine = await open_database(settings)
     sessions = session_factory(engine)
-    async with sessions() as session:
-        user = await repository.create_user(session=session, username="eval", password_hash="-")
-        await session.commit()
     documents = await build_documents(settings, sessions, embeddings=embeddings)
     try:
-        started = time.perf_counter()
-        chunks = 0
-        for batch in batches(iter(corpus), 256):
-            results = await documents.ingest(user=user, documents=batch, operator=True)
-            chunks += sum(r.chunks for r in results)
-            if not quiet:
-                print(f"\ringested {chunks} chunks", end="", file=sys.stderr)
-        if not quiet:
-            print(file=sys.stderr)
-        yield Ingested(documents, user, chunks, time.perf_counter() - started)
+        yield await ingest_corpus(documents, sessions, corpus, quiet)
     finally:
         await documents.store.close()
         await engine.dispose()

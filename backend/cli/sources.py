@@ -15,29 +15,35 @@ from backend.services.ingestion import NewDocument
 log = logging.getLogger(__name__)
 
 
-def jsonl_documents(path: Path) -> Iterator[NewDocument]:
-    """JSONL lines `{id?, text, metadata?}` or BEIR's `{_id, title?, text, metadata?}`."""
+def jsonl_items(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line; SystemExit naming the line that
+    is not JSON."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise SystemExit(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            text = item.get("text") or ""
-            if item.get("title"):
-                text = f"{item['title']}\n\n{text}"
-            # Null is no metadata value (Pinecone's rule too): such keys are left out.
-            metadata = {k: v for k, v in (item.get("metadata") or {}).items() if v is not None}
-            if item.get("title"):
-                metadata.setdefault("title", item["title"])
-            yield NewDocument(
-                text=text,
-                id=str(item.get("id") or item.get("_id") or "") or None,
-                metadata=metadata,
-                source=path.name,
-            )
+
+
+def jsonl_documents(path: Path) -> Iterator[NewDocument]:
+    """JSONL lines `{id?, text, metadata?}` or BEIR's `{_id, title?, text, metadata?}`."""
+    for _number, item in jsonl_items(path):
+        text = item.get("text") or ""
+        if item.get("title"):
+            text = f"{item['title']}\n\n{text}"
+        # Null is no metadata value (Pinecone's rule too): such keys are left out.
+        metadata = {k: v for k, v in (item.get("metadata") or {}).items() if v is not None}
+        if item.get("title"):
+            metadata.setdefault("title", item["title"])
+        yield NewDocument(
+            text=text,
+            id=str(item.get("id") or item.get("_id") or "") or None,
+            metadata=metadata,
+            source=path.name,
+        )
 
 
 def file_document(path: Path, root: Path) -> NewDocument | None:

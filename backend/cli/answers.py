@@ -1,0 +1,492 @@
+"""Answer quality on a BEIR-layout dataset, through the real chat pipeline (the same
+retrieval, prompt, model and settings as a chat): `python -m backend.cli eval-answers`.
+
+Each question is answered, per configuration (`--config NAME:KEY=VALUE,...`), three ways:
+with retrieval as configured, closed-book (no retrieval), and with the gold passages (the
+qrels' documents as the context): what retrieval adds, and what a perfect retriever would.
+Scores: the label's accuracy (parsed from the answer's first words, under an instruction
+that asks for it first; unparseable ones counted) beside the majority label's; the share
+of answers that cite a source, citation precision and recall by the qrels; similarity to
+the expected free-text answer (cosine of the embedding model's vectors). Answers are
+cached by configuration, so scoring again is cheap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from backend.cli.evaluation import _numbers, ingest_corpus, read_split
+from backend.cli.sources import jsonl_documents, jsonl_items
+from backend.common.errors import ServiceError
+from backend.llm import ChatModel
+from backend.retrieval.passage import Passage
+from backend.services.turns import ChatOptions, RetrievalOptions
+
+LABEL_INSTRUCTION = (
+    "\n\nBegin your answer with one word, {labels}, on its own; then explain in one or two "
+    "sentences, citing the sources you use like [1]."
+)
+VARIANTS = ("retrieval", "closed-book", "gold passages")
+# What --config may set, and how its value is read.
+CONFIG_KEYS: dict[str, Any] = {
+    "model": str,
+    "alpha": float,
+    "top_k": int,
+    "query": str,
+    "group_by": str,
+    "temperature": float,
+    "max_tokens": int,
+}
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass
+class Question:
+    id: str
+    text: str
+    relevant: set[str]
+    label: str | None = None
+    answer: str | None = None  # the expected free text
+
+
+@dataclass
+class Configuration:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def options(self, *, retrieval: bool) -> ChatOptions:
+        o = self.overrides
+        return ChatOptions(
+            model=o.get("model"),
+            max_tokens=o.get("max_tokens"),
+            temperature=o.get("temperature", 0.0),
+            retrieval=RetrievalOptions(
+                enabled=retrieval,
+                top_k=o.get("top_k"),
+                alpha=o.get("alpha"),
+                group_by=o.get("group_by"),
+                query=o.get("query"),
+            ),
+        )
+
+
+def parse_config(text: str) -> Configuration:
+    """`NAME:KEY=VALUE,...` (or `NAME` alone: the settings as they are)."""
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise SystemExit(f"--config {text!r}: give it a name first (NAME:KEY=VALUE,...)")
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise SystemExit(f"--config {name}: {pair!r} is not KEY=VALUE")
+        if key not in CONFIG_KEYS:
+            known = ", ".join(CONFIG_KEYS)
+            raise SystemExit(f"--config {name}: unknown setting {key!r}; known: {known}")
+        try:
+            overrides[key] = CONFIG_KEYS[key](value.strip())
+        except ValueError:
+            kind = CONFIG_KEYS[key].__name__
+            raise SystemExit(f"--config {name}: {key}={value!r} is not a {kind}") from None
+    return Configuration(name.strip(), overrides)
+
+
+def read_questions(
+    dataset: Path,
+    split: str,
+    *,
+    label_field: str | None,
+    labels: Sequence[str],
+    answer_field: str | None,
+    limit: int | None = None,
+) -> list[Question]:
+    """The split's questions with their expected label and answer; SystemExit naming the
+    file and line of what is missing or wrong."""
+    path = dataset / "queries.jsonl"
+    for needed in (path, dataset / "corpus.jsonl"):
+        if not needed.is_file():
+            raise SystemExit(
+                f"{dataset}: no {needed.name} (the BEIR layout: corpus.jsonl, queries.jsonl, "
+                "qrels/SPLIT.tsv)"
+            )
+    qrels = read_split(dataset, split)
+    questions, missing = [], []
+    for number, item in jsonl_items(path):
+        try:
+            query_id, text = str(item["_id"]), str(item["text"])
+        except (KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}:{number}: not a query (no {exc})") from exc
+        if query_id not in qrels:
+            continue
+        metadata = item.get("metadata") or {}
+        question = Question(query_id, text, qrels[query_id])
+        if label_field:
+            label = metadata.get(label_field)
+            if label is None:
+                missing.append(number)
+                continue
+            if str(label).lower() not in labels:
+                raise SystemExit(
+                    f"{path}:{number}: {label_field} is {label!r}, not one of "
+                    f"{', '.join(labels)} (--labels)"
+                )
+            question.label = str(label).lower()
+        if answer_field and metadata.get(answer_field):
+            question.answer = str(metadata[answer_field])
+        questions.append(question)
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise SystemExit(
+            f"{path}: questions of split {split!r} without {label_field!r} in their "
+            f"metadata ({len(missing)}): line {shown}"
+        )
+    questions.sort(key=lambda q: q.id)
+    return questions[:limit] if limit else questions
+
+
+def parse_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label an answer gives: the first of `labels` in its first sentence (its first
+    15 words at most: "Yes, …", "The answer to your question is no.")."""
+    sentence = re.split(r"[.!?\n]", text.strip().lower(), maxsplit=1)[0]
+    head = " ".join(re.findall(r"[a-z]+", sentence)[:15])
+    found = re.search(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", head)
+    return found.group(1) if found else None
+
+
+def cited(text: str, sources: Sequence[dict[str, Any]]) -> list[str]:
+    """The document ids an answer cites ([n] for the n-th source), in order, once each."""
+    numbers = [int(n) for n in _CITATION.findall(text)]
+    ids = [str(sources[n - 1]["document_id"]) for n in numbers if 1 <= n <= len(sources)]
+    return list(dict.fromkeys(ids))
+
+
+@dataclass
+class Answered:
+    text: str
+    sources: list[dict[str, Any]]
+    seconds: float
+    error: str | None = None
+
+
+class _Cache:
+    """Answers of one (configuration, variant) by question id, in a JSONL file that grows
+    as they come."""
+
+    def __init__(self, folder: Path, key: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{digest}.jsonl"
+        self.answers: dict[str, Answered] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interrupted run
+                self.answers[row["id"]] = Answered(
+                    row["text"], row["sources"], row["seconds"], row.get("error")
+                )
+
+    def add(self, question_id: str, answered: Answered) -> None:
+        """Keep an answer; one that failed only for this run (the next asks again)."""
+        self.answers[question_id] = answered
+        if answered.error is not None:
+            return
+        row = {"id": question_id, **answered.__dict__}
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def score(
+    questions: Sequence[Question],
+    answers: dict[str, Answered],
+    labels: Sequence[str],
+    similarity: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The scores of one variant's answers."""
+    n = len(questions)
+    parsed = {q.id: parse_label(answers[q.id].text, labels) for q in questions}
+    labelled = [q for q in questions if q.label is not None]
+    result: dict[str, Any] = {"questions": n}
+    if labelled:
+        result["accuracy"] = sum(parsed[q.id] == q.label for q in labelled) / len(labelled)
+        result["unparseable"] = sum(parsed[q.id] is None for q in labelled)
+    with_sources = [q for q in questions if answers[q.id].sources]
+    if with_sources:
+        citing = [q for q in with_sources if cited(answers[q.id].text, answers[q.id].sources)]
+        result["citing"] = len(citing) / len(with_sources)
+        cited_ids = {q.id: set(cited(answers[q.id].text, answers[q.id].sources)) for q in citing}
+        total = sum(len(c) for c in cited_ids.values())
+        right = sum(len(cited_ids[q.id] & q.relevant) for q in citing)
+        result["citation_precision"] = right / total if total else 0.0
+        result["citation_recall"] = statistics.fmean(
+            len(cited_ids.get(q.id, set()) & q.relevant) / len(q.relevant) for q in with_sources
+        )
+    if similarity:
+        result["similarity"] = statistics.fmean(similarity.values())
+    result["errors"] = sum(answers[q.id].error is not None for q in questions)
+    result["seconds_per_question"] = statistics.fmean(answers[q.id].seconds for q in questions)
+    return result
+
+
+async def evaluate_answers(
+    dataset: Path,
+    *,
+    split: str = "test",
+    labels: Sequence[str] = ("yes", "no", "maybe"),
+    label_field: str | None = None,
+    answer_field: str | None = None,
+    configurations: Sequence[Configuration] = (),
+    limit: int | None = None,
+    cache: Path | None = None,
+    models: Sequence[ChatModel] | None = None,
+    embeddings: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Ingest the dataset into a fresh embedded store and score every configuration's
+    answers, with their baselines."""
+    from backend.common.settings import Settings
+    from backend.retrieval.embeddings import build_embeddings
+    from backend.services.components import build_components
+
+    if not label_field and not answer_field:
+        raise SystemExit("nothing to score: give --label-field and/or --answer-field")
+    labels = [label.strip().lower() for label in labels if label.strip()]
+    questions = read_questions(
+        dataset, split, label_field=label_field, labels=labels, answer_field=answer_field,
+        limit=limit,
+    )  # fmt: skip
+    if not questions:
+        raise SystemExit(f"{dataset}: split {split!r} has no questions")
+    configurations = list(configurations) or [Configuration("default")]
+    corpus = []
+    for doc in jsonl_documents(dataset / "corpus.jsonl"):
+        doc.metadata = _numbers(doc.metadata)
+        corpus.append(doc)
+    texts = {str(d.id): d.text for d in corpus}
+    base = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
+    if embeddings is None:
+        embeddings, _ = build_embeddings(base)
+    cache = cache or Path(".eval-cache")
+    where = str(dataset)
+    report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "split": split,
+        "questions": len(questions),
+        "labels": labels,
+        "rows": [],
+    }
+    if label_field:
+        counts = Counter(q.label for q in questions)
+        majority, hits = counts.most_common(1)[0]
+        report["majority"] = {"label": majority, "accuracy": hits / len(questions)}
+    instruction = LABEL_INSTRUCTION.format(labels=", ".join(labels[:-1]) + f" or {labels[-1]}")
+    with tempfile.TemporaryDirectory(prefix="ragstream-answers-") as tmp:
+        settings = base.model_copy(
+            update={
+                "data_dir": Path(tmp),
+                "database_url": SecretStr(f"sqlite+aiosqlite:///{tmp}/eval.db"),
+            }
+        )
+        components = await build_components(settings, models=models, embeddings=embeddings)
+        try:
+            done = await ingest_corpus(components.documents, components.sessions, corpus, quiet)
+            system = settings.system_prompt + (instruction if label_field else "")
+            known = [m.name for m in components.models.models]
+            for configuration in configurations:
+                _check_model(configuration, known)
+                row: dict[str, Any] = {
+                    "config": configuration.name,
+                    "overrides": configuration.overrides,
+                    "model": configuration.overrides.get("model") or components.models.default.name,
+                }
+                for variant in VARIANTS:
+                    key = {
+                        "dataset": where, "split": split, "variant": variant,
+                        "overrides": configuration.overrides, "model": row["model"],
+                        "system": system,
+                    }  # fmt: skip
+                    answers = await _answer_all(
+                        components.chat_service, done.user, questions, configuration, variant,
+                        system, texts, _Cache(cache, key), quiet,
+                    )  # fmt: skip
+                    similarity = (
+                        _similarity(embeddings, questions, answers) if answer_field else None
+                    )
+                    row[variant] = score(questions, answers, labels, similarity)
+                report["rows"].append(row)
+        finally:
+            await components.close()
+    return report
+
+
+def _check_model(configuration: Configuration, known: Sequence[str]) -> None:
+    model = configuration.overrides.get("model")
+    if model is not None and model not in known:
+        raise SystemExit(
+            f"--config {configuration.name}: model {model!r} is not in the catalog "
+            f"(LLM_MODELS): {', '.join(known)}"
+        )
+
+
+async def _answer_all(
+    service: Any,
+    user: Any,
+    questions: Sequence[Question],
+    configuration: Configuration,
+    variant: str,
+    system: str,
+    texts: dict[str, str],
+    cache: _Cache,
+    quiet: bool,
+) -> dict[str, Answered]:
+    from tqdm import tqdm
+
+    todo = [q for q in questions if q.id not in cache.answers]
+    label = f"{configuration.name} · {variant}"
+    for question in tqdm(todo, desc=label, disable=quiet or not todo, file=sys.stderr):
+        options = configuration.options(retrieval=variant == "retrieval")
+        started = time.perf_counter()
+        try:
+            turn = await service.start(
+                user=user, message=question.text, conversation_id=None, options=options,
+                system_prompt=system, persist=False,
+            )  # fmt: skip
+            if variant == "gold passages":
+                turn.passages = [
+                    Passage(doc, doc, texts[doc], 1.0, {}) for doc in sorted(question.relevant)
+                    if doc in texts
+                ]  # fmt: skip
+            answer = await service.complete(turn)
+            answered = Answered(answer.text, answer.sources, time.perf_counter() - started)
+        except ServiceError as exc:
+            answered = Answered("", [], time.perf_counter() - started, error=str(exc))
+        cache.add(question.id, answered)
+    return {q.id: cache.answers[q.id] for q in questions}
+
+
+def _similarity(
+    embeddings: Any, questions: Sequence[Question], answers: dict[str, Answered]
+) -> dict[str, float]:
+    import numpy as np
+
+    pairs = [(q.id, answers[q.id].text, q.answer) for q in questions if q.answer]
+    if not pairs:
+        return {}
+    vectors = np.asarray(
+        embeddings.embed_documents([t for _, t, _ in pairs] + [a for *_, a in pairs])
+    )
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    half = len(pairs)
+    return {
+        query_id: float(vectors[i] @ vectors[half + i]) for i, (query_id, *_) in enumerate(pairs)
+    }
+
+
+# --- reports ----------------------------------------------------------------------------
+COLUMNS = (
+    ("accuracy", "acc", "{:.3f}"),
+    ("unparseable", "unparsed", "{}"),
+    ("citing", "citing", "{:.3f}"),
+    ("citation_precision", "cite P", "{:.3f}"),
+    ("citation_recall", "cite R", "{:.3f}"),
+    ("similarity", "sim", "{:.3f}"),
+    ("errors", "errors", "{}"),
+    ("seconds_per_question", "s/q", "{:.2f}"),
+)
+
+
+def table(report: dict[str, Any]) -> list[list[str]]:
+    """The report's rows: a configuration's variants one after the other."""
+    rows = [["config", "model", "answers", *(title for _, title, _ in COLUMNS)]]
+    for row in report["rows"]:
+        for variant in VARIANTS:
+            scores = row[variant]
+            cells = [fmt.format(scores[k]) if k in scores else "" for k, _, fmt in COLUMNS]
+            rows.append([row["config"], row["model"], variant, *cells])
+    if "majority" in report:
+        majority = report["majority"]
+        rows.append(
+            ["(baseline)", "-", f"majority '{majority['label']}'",
+             f"{majority['accuracy']:.3f}", *[""] * (len(COLUMNS) - 1)]
+        )  # fmt: skip
+    return rows
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows = table(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{report['dataset']} ({report['split']}): {report['questions']} questions")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = table(report)
+    lines = [
+        f"# Answers on {report['dataset']} ({report['split']}, {report['questions']} questions)",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+        *("| " + " | ".join(r) + " |" for r in rows[1:]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Accuracy (or similarity) of each configuration's variants, and the majority line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measure = "accuracy" if "majority" in report else "similarity"
+    names = [row["config"] for row in report["rows"]]
+    figure, axes = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
+    width = 0.8 / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        values = [row[variant].get(measure, 0.0) for row in report["rows"]]
+        axes.bar([x + i * width for x in range(len(names))], values, width, label=variant)
+    if "majority" in report:
+        axes.axhline(report["majority"]["accuracy"], color="grey", linestyle="--",
+                     label=f"majority '{report['majority']['label']}'")  # fmt: skip
+    axes.set_xticks([x + width for x in range(len(names))], names)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel(measure)
+    axes.set_title(f"{report['dataset']} ({report['split']}): {measure}")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_reports(report: dict[str, Any], folder: Path) -> list[Path]:
+    """answers.md, answers.json and answers.png in `folder`, each written whole (to a
+    temporary name first, then renamed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, write in (
+        ("answers.md", lambda p: p.write_text(markdown(report), encoding="utf-8")),
+        ("answers.json", lambda p: p.write_text(json.dumps(report, indent=2), encoding="utf-8")),
+        ("answers.png", lambda p: chart(report, p)),
+    ):
+        final = folder / name
+        partial = final.with_name(f".{final.stem}.partial{final.suffix}")
+        write(partial)
+        partial.replace(final)
+        written.append(final)
+    return written
