@@ -187,10 +187,10 @@ class _Searcher:
         self.documents, self.user = done.documents, done.user
         self.settings = settings
 
-    async def _ndcg(self, query: SearchQuery, question: str, relevant: set[str]) -> float:
+    async def _ndcg(self, query: SearchQuery, relevant: set[str]) -> float:
         found = await self.documents.search(
             user=self.user,
-            query=question if query.context else query.text,
+            query=query.searched,
             scopes=["private"],
             filter_=None,
             top_k=10,
@@ -207,7 +207,7 @@ class _Searcher:
         scores: dict[str, list[float]] = defaultdict(list)
         for c in built:
             query = SearchQuery(c.standalone, "question")
-            scores[c.kind].append(await self._ndcg(query, c.standalone, qrels[c.query_id]))
+            scores[c.kind].append(await self._ndcg(query, qrels[c.query_id]))
         return {"way": "standalone question (ceiling)", **_means(scores), "ms": None}
 
     async def score(
@@ -225,7 +225,7 @@ class _Searcher:
             else:
                 earlier = [text for role, text in c.history if role == "user"]
                 query = way.writer.with_context(c.question, earlier)
-            scores[c.kind].append(await self._ndcg(query, c.question, qrels[c.query_id]))
+            scores[c.kind].append(await self._ndcg(query, qrels[c.query_id]))
             extra_ms.append((time.perf_counter() - started) * 1000)
             used[f"{c.kind}:{query.mode}"] += 1
         return {

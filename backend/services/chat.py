@@ -22,13 +22,14 @@ from backend.retrieval.passage import Passage
 from backend.services.answer import Answer
 from backend.services.events import AnswerEvent
 from backend.services.pipeline import AnswerPipeline
-from backend.services.prompt import build_prompt
+from backend.services.prompt import check_fits, revision_messages
 from backend.services.relay import Relay, follow_stored
 from backend.services.turns import ChatOptions, ChatTurn, Revision
 
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 60
+STILL_WRITING = "the answer is still being written; stop it or wait for its end"
 
 
 class ChatService:
@@ -150,13 +151,13 @@ class ChatService:
         waiting line full (503), a question that cannot fit its context window (422)."""
         model = turn.models[0]
         await model.admit()
-        build_prompt(  # raises PromptTooLong if what must stay cannot fit
+        last = turn.revisions[-1] if turn.revisions else None
+        check_fits(
             system=turn.system_prompt,
-            history=[],
             question=turn.question,
             count_tokens=model.count_tokens,
             budget=model.context_window - turn.params["max_tokens"],
-            revisions=[(r.answer, r.feedback) for r in turn.revisions[-1:]],
+            revision=revision_messages(last.answer, last.feedback) if last else (),
         )
 
     async def _branch(self, user: User, conversation_id: str | None) -> list[Message]:
@@ -164,14 +165,9 @@ class ChatService:
         404 if it is not the user's."""
         if conversation_id is None:
             return []
-        conversation, stored = await self._conversation(user, conversation_id)
-        return repository.active_branch(stored, conversation.active_message_id)
-
-    async def _conversation(
-        self, user: User, conversation_id: str
-    ) -> tuple[Conversation, Sequence[Message]]:
         async with self.sessions() as session:
-            return await owned_conversation(session, user, conversation_id)
+            conversation, stored = await owned_conversation(session, user, conversation_id)
+        return repository.active_branch(stored, conversation.active_message_id)
 
     async def _store_question(
         self, turn: ChatTurn, conversation_id: str | None, branch: list[Message]
@@ -227,15 +223,13 @@ class ChatService:
         whole chain of answers and feedback (the prompt keeps the latest, and the earlier
         ones as fit)."""
         live = self.relay.find(message_id, user.id)  # kept a while after its end, too
-        writing = live is not None and not live.ended
-        revised, stored = (None, ()) if writing else await self._owned_message(user, message_id)
-        if revised is not None and revised.role != "assistant":
+        if live is not None and not live.ended:  # its row may not be written yet
+            raise Conflict(STILL_WRITING, field=("message_id",))
+        revised, stored = await self._owned_message(user, message_id)
+        if revised.role != "assistant":
             raise InvalidInput("only answers can be revised", field=("message_id",))
-        if revised is None or revised.status == MessageStatus.STREAMING:
-            raise Conflict(
-                "the answer is still being written; stop it or wait for its end",
-                field=("message_id",),
-            )
+        if revised.status == MessageStatus.STREAMING:  # by another worker or replica
+            raise Conflict(STILL_WRITING, field=("message_id",))
         branch = repository.branch_ending_at(stored, revised.id)
         if len(branch) < 2 or branch[-2].role != "user":
             raise InvalidInput("the answer has no question to revise it for", field=("message_id",))

@@ -92,7 +92,7 @@ class AnswerPipeline:
             answer.search_query, answer.query_ms = query.text, query.elapsed_ms
             found = await self.documents.search(
                 user=turn.user,
-                query=turn.question if query.context else query.text,
+                query=query.searched,
                 scopes=turn.retrieval.namespaces,
                 filter_=turn.retrieval.filter,
                 top_k=turn.retrieval.top_k,

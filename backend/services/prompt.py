@@ -81,11 +81,18 @@ def history_messages(turns: Sequence[tuple[str, str]]) -> list[BaseMessage]:
 
 
 def check_fits(
-    *, system: str, question: str, count_tokens: Callable[[str], int], budget: int
+    *,
+    system: str,
+    question: str,
+    count_tokens: Callable[[str], int],
+    budget: int,
+    revision: Sequence[BaseMessage] = (),
 ) -> int:
-    """The tokens of the system instruction and the question, which always stay; raises
-    PromptTooLong if they alone exceed `budget`."""
+    """The tokens of what always stays: the system instruction, the question and, for a
+    revision, the answer revised with the feedback on it; raises PromptTooLong if they
+    alone exceed `budget`."""
     fixed = count_tokens(system) + count_tokens(question) + 2 * PER_MESSAGE_OVERHEAD + REPLY_PRIMER
+    fixed += sum(count_tokens(m.text) + PER_MESSAGE_OVERHEAD for m in revision)
     if fixed > budget:
         raise PromptTooLong(fixed, budget)
     return fixed
@@ -116,13 +123,14 @@ def build_prompt(
     def cost(text: str) -> int:
         return count_tokens(text) + PER_MESSAGE_OVERHEAD
 
-    fixed = check_fits(system=system, question=question, count_tokens=count_tokens, budget=budget)
     chain = [revision_messages(answer, feedback) for answer, feedback in revisions]
-    if chain:
-        fixed += sum(cost(m.text) for m in chain[-1])
-        if fixed > budget:
-            raise PromptTooLong(fixed, budget)
-    used = fixed
+    used = check_fits(
+        system=system,
+        question=question,
+        count_tokens=count_tokens,
+        budget=budget,
+        revision=chain[-1] if chain else (),
+    )
     revised: list[BaseMessage] = []
     for pair in reversed(chain[:-1]):  # the newest earlier feedback first
         need = sum(cost(m.text) for m in pair)

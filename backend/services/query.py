@@ -82,6 +82,10 @@ class SearchQuery:
     mode: QueryMode  # the way actually used (`context` when a rewrite fell back)
     context: list[tuple[str, float]] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    searched: str = ""  # the query the retriever gets (`context` joins it); default `text`
+
+    def __post_init__(self) -> None:
+        self.searched = self.searched or self.text
 
 
 class QueryWriter:
@@ -122,7 +126,7 @@ class QueryWriter:
         recent = list(reversed(earlier))[: self.turns]
         context = [(text, self.weight / 2**i) for i, text in enumerate(recent)]
         shown = " … ".join([*reversed(recent), question])
-        return SearchQuery(shown, "context", context)
+        return SearchQuery(shown, "context", context, searched=question)
 
     def rewrite_prompt(
         self, question: str, history: Sequence[tuple[str, str]]
