@@ -14,7 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from backend.api.errors import install_error_handlers
 from backend.api.inputs import storable_text_only
 from backend.api.middleware import RequestContextMiddleware
-from backend.api.routes import auth, chat, conversations, documents, health, openai
+from backend.api.routes import admin, auth, chat, conversations, documents, health, openai
 from backend.common.metrics import Metrics
 from backend.common.settings import Settings, get_settings
 from backend.llm import ChatModel
@@ -84,6 +84,7 @@ def create_app(
         chat.router,
         documents.router,
         openai.router,
+        admin.router,
     ):
         app.include_router(router)
     return app

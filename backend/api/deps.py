@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.common.errors import NotAuthenticated
+from backend.common.errors import Forbidden, NotAuthenticated
 from backend.common.settings import Settings
 from backend.db import repository
 from backend.db.models import User
@@ -83,6 +83,19 @@ async def get_current_user(
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def admin_user(user: CurrentUser) -> User:
+    """The caller, who must be an admin (granted by `python -m backend.cli users add
+    NAME --admin`)."""
+    if not user.is_admin:
+        raise Forbidden(
+            "this needs an admin account (python -m backend.cli users add NAME --admin)"
+        )
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
 
 
 async def client_address(request: Request) -> str:

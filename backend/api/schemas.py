@@ -200,6 +200,11 @@ class RetrievalRequest(BaseModel):
         "questions weighted in (`context`), or the model's standalone `rewrite`; default: "
         "the setting RETRIEVAL_QUERY.",
     )
+    rerank: bool | None = Field(
+        None,
+        description="Rescore the passages with the cross-encoder (when RERANKER_MODEL is "
+        "set); default: yes, when it is.",
+    )
 
     @field_validator("filter")
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import statistics
 import sys
@@ -28,17 +29,34 @@ from typing import Any
 from pydantic import SecretStr
 
 from backend.cli.evaluation import _numbers, ingest_corpus, read_split
+from backend.cli.judge import JUDGE_PROMPTS, Judge, Verdict
 from backend.cli.sources import jsonl_documents, jsonl_items
 from backend.common.errors import ServiceError
 from backend.llm import ChatModel
 from backend.retrieval.passage import Passage
 from backend.services.turns import ChatOptions, RetrievalOptions
 
+log = logging.getLogger(__name__)
+
 LABEL_INSTRUCTION = (
     "\n\nBegin your answer with one word, {labels}, on its own; then explain in one or two "
     "sentences, citing the sources you use like [1]."
 )
 VARIANTS = ("retrieval", "closed-book", "gold passages")
+CASE_VARIANTS = ("stored sources",)  # an exported case, answered from its own sources
+GIVEN_PASSAGES = {"gold passages", "stored sources"}  # the question's passages as context
+REPEATED = 0.95  # similarity to a case's bad answer above which it counts as repeated
+
+
+def _switch(value: str) -> bool:
+    if value.lower() in ("on", "yes", "true", "1"):
+        return True
+    if value.lower() in ("off", "no", "false", "0"):
+        return False
+    raise ValueError(value)
+
+
+_switch.__name__ = "on or off"
 # What --config may set, and how its value is read.
 CONFIG_KEYS: dict[str, Any] = {
     "model": str,
@@ -48,6 +66,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "group_by": str,
     "temperature": float,
     "max_tokens": int,
+    "rerank": _switch,
 }
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 
@@ -59,6 +78,9 @@ class Question:
     relevant: set[str]
     label: str | None = None
     answer: str | None = None  # the expected free text
+    passages: list[Passage] = field(default_factory=list)  # gold, or a case's own sources
+    history: list[tuple[str, str]] = field(default_factory=list)  # a case's earlier turns
+    bad_answer: str | None = None  # a case's answer rated 👎
 
 
 @dataclass
@@ -78,6 +100,7 @@ class Configuration:
                 alpha=o.get("alpha"),
                 group_by=o.get("group_by"),
                 query=o.get("query"),
+                rerank=o.get("rerank"),
             ),
         )
 
@@ -173,6 +196,39 @@ def cited(text: str, sources: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def read_cases(path: Path, limit: int | None = None) -> list[Question]:
+    """The evaluation cases of an export (`export-feedback`: the lines of type `case`; the
+    others are left out); SystemExit naming the line of one that is not a case."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (an export of `python -m backend.cli "
+                         "export-feedback --kinds cases`)")  # fmt: skip
+    questions = []
+    for number, item in jsonl_items(path):
+        if not isinstance(item, dict) or item.get("type") != "case":
+            continue
+        if not all(isinstance(item.get(k), str) for k in ("id", "question", "bad_answer")):
+            raise SystemExit(
+                f"{path}:{number}: not an evaluation case (it needs id, question and "
+                "bad_answer, as text)"
+            )
+        try:
+            history = [(str(h["role"]), str(h["content"])) for h in item.get("history") or []]
+            sources = list(item.get("sources") or [])
+            question = Question(
+                str(item["id"]), str(item["question"]), set(),
+                passages=[Passage.from_source(s) for s in sources],
+                history=history, bad_answer=str(item["bad_answer"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SystemExit(f"{path}:{number}: not an evaluation case ({exc!r})") from exc
+        if not question.text.strip():
+            raise SystemExit(f"{path}:{number}: the case has no question")
+        questions.append(question)
+    if not questions:
+        raise SystemExit(f'{path}: no evaluation cases (lines with "type": "case")')
+    return questions[:limit] if limit else questions
+
+
 @dataclass
 class Answered:
     text: str
@@ -182,32 +238,32 @@ class Answered:
 
 
 class _Cache:
-    """Answers of one (configuration, variant) by question id, in a JSONL file that grows
-    as they come."""
+    """Rows of one (configuration, variant[, judge]) by question id, in a JSONL file that
+    grows as they come."""
 
     def __init__(self, folder: Path, key: dict[str, Any]) -> None:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{digest}.jsonl"
-        self.answers: dict[str, Answered] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by an interrupted run
-                self.answers[row["id"]] = Answered(
-                    row["text"], row["sources"], row["seconds"], row.get("error")
-                )
+                self.rows[row.pop("id")] = row
 
-    def add(self, question_id: str, answered: Answered) -> None:
-        """Keep an answer; one that failed only for this run (the next asks again)."""
-        self.answers[question_id] = answered
-        if answered.error is not None:
-            return
-        row = {"id": question_id, **answered.__dict__}
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(row) + "\n")
+    def add(self, question_id: str, row: dict[str, Any], *, keep: bool = True) -> None:
+        """Keep a row; with `keep=False` for this run only (the next asks again)."""
+        self.rows[question_id] = row
+        if keep:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"id": question_id, **row}) + "\n")
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
 
 
 def score(
@@ -215,6 +271,7 @@ def score(
     answers: dict[str, Answered],
     labels: Sequence[str],
     similarity: dict[str, float] | None = None,
+    verdicts: dict[str, Verdict] | None = None,
 ) -> dict[str, Any]:
     """The scores of one variant's answers."""
     n = len(questions)
@@ -228,18 +285,46 @@ def score(
     if with_sources:
         citing = [q for q in with_sources if cited(answers[q.id].text, answers[q.id].sources)]
         result["citing"] = len(citing) / len(with_sources)
-        cited_ids = {q.id: set(cited(answers[q.id].text, answers[q.id].sources)) for q in citing}
-        total = sum(len(c) for c in cited_ids.values())
-        right = sum(len(cited_ids[q.id] & q.relevant) for q in citing)
-        result["citation_precision"] = right / total if total else 0.0
-        result["citation_recall"] = statistics.fmean(
-            len(cited_ids.get(q.id, set()) & q.relevant) / len(q.relevant) for q in with_sources
-        )
+        judged = [q for q in with_sources if q.relevant]  # the qrels say what is relevant
+        if judged:
+            cited_ids = {
+                q.id: set(cited(answers[q.id].text, answers[q.id].sources)) for q in judged
+            }
+            total = sum(len(c) for c in cited_ids.values())
+            right = sum(len(cited_ids[q.id] & q.relevant) for q in judged)
+            result["citation_precision"] = right / total if total else 0.0
+            result["citation_recall"] = statistics.fmean(
+                len(cited_ids[q.id] & q.relevant) / len(q.relevant) for q in judged
+            )
     if similarity:
         result["similarity"] = statistics.fmean(similarity.values())
+        cases = [q for q in questions if q.bad_answer is not None and q.id in similarity]
+        if cases:  # how many answers are (nearly) the bad answer again
+            result["repeated"] = sum(similarity[q.id] >= REPEATED for q in cases) / len(cases)
+    if verdicts:
+        faithful = [v.faithfulness for v in verdicts.values() if v.faithfulness is not None]
+        relevant = [v.relevance for v in verdicts.values() if v.relevance is not None]
+        for key, values in (("faithfulness", faithful), ("relevance", relevant)):
+            if (mean := _mean(values)) is not None:
+                result[key] = mean
+        result["judged"] = len(verdicts)
     result["errors"] = sum(answers[q.id].error is not None for q in questions)
     result["seconds_per_question"] = statistics.fmean(answers[q.id].seconds for q in questions)
     return result
+
+
+@dataclass
+class _Run:
+    """What one evaluation asks: its questions, the corpus to search (none for cases),
+    the ways each is answered, and how it is scored."""
+
+    questions: list[Question]
+    corpus: list[Any]
+    variants: tuple[str, ...]
+    labels: list[str]
+    source: str  # the dataset or cases file, for the cache's key
+    compare: str | None  # "answer" (expected text) or "bad_answer" (a case's), or None
+    instruction: str = ""
 
 
 async def evaluate_answers(
@@ -252,16 +337,13 @@ async def evaluate_answers(
     configurations: Sequence[Configuration] = (),
     limit: int | None = None,
     cache: Path | None = None,
+    judge: str | None = None,
     models: Sequence[ChatModel] | None = None,
     embeddings: Any = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Ingest the dataset into a fresh embedded store and score every configuration's
     answers, with their baselines."""
-    from backend.common.settings import Settings
-    from backend.retrieval.embeddings import build_embeddings
-    from backend.services.components import build_components
-
     if not label_field and not answer_field:
         raise SystemExit("nothing to score: give --label-field and/or --answer-field")
     labels = [label.strip().lower() for label in labels if label.strip()]
@@ -271,29 +353,77 @@ async def evaluate_answers(
     )  # fmt: skip
     if not questions:
         raise SystemExit(f"{dataset}: split {split!r} has no questions")
-    configurations = list(configurations) or [Configuration("default")]
     corpus = []
     for doc in jsonl_documents(dataset / "corpus.jsonl"):
         doc.metadata = _numbers(doc.metadata)
         corpus.append(doc)
     texts = {str(d.id): d.text for d in corpus}
-    base = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
-    if embeddings is None:
-        embeddings, _ = build_embeddings(base)
-    cache = cache or Path(".eval-cache")
-    where = str(dataset)
-    report: dict[str, Any] = {
-        "dataset": dataset.name,
-        "split": split,
-        "questions": len(questions),
-        "labels": labels,
-        "rows": [],
-    }
+    for question in questions:
+        question.passages = [
+            Passage(doc, doc, texts[doc], 1.0, {}) for doc in sorted(question.relevant)
+            if doc in texts
+        ]  # fmt: skip
+    instruction = ""
+    if label_field:
+        instruction = LABEL_INSTRUCTION.format(labels=", ".join(labels[:-1]) + f" or {labels[-1]}")
+    run = _Run(
+        questions, corpus, VARIANTS, labels, str(dataset),
+        "answer" if answer_field else None, instruction,
+    )  # fmt: skip
+    report = await _evaluate(run, configurations, cache, judge, models, embeddings, quiet)
+    report.update(dataset=dataset.name, split=split)
     if label_field:
         counts = Counter(q.label for q in questions)
         majority, hits = counts.most_common(1)[0]
         report["majority"] = {"label": majority, "accuracy": hits / len(questions)}
-    instruction = LABEL_INSTRUCTION.format(labels=", ".join(labels[:-1]) + f" or {labels[-1]}")
+    return report
+
+
+async def evaluate_cases(
+    cases: Path,
+    *,
+    configurations: Sequence[Configuration] = (),
+    limit: int | None = None,
+    cache: Path | None = None,
+    judge: str | None = None,
+    models: Sequence[ChatModel] | None = None,
+    embeddings: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Answer exported 👎 cases again, each from its own sources and after its own thread:
+    whether the bad answer comes back (`repeated`), citations and, with a judge, its
+    faithfulness and relevance."""
+    questions = read_cases(cases, limit)
+    run = _Run(questions, [], CASE_VARIANTS, [], str(cases), "bad_answer")
+    report = await _evaluate(run, configurations, cache, judge, models, embeddings, quiet)
+    report.update(dataset=cases.name, split="cases")
+    return report
+
+
+async def _evaluate(
+    run: _Run,
+    configurations: Sequence[Configuration],
+    cache: Path | None,
+    judge_name: str | None,
+    models: Sequence[ChatModel] | None,
+    embeddings: Any,
+    quiet: bool,
+) -> dict[str, Any]:
+    from backend.common.settings import Settings
+    from backend.retrieval.embeddings import build_embeddings
+    from backend.services.components import build_components
+
+    configurations = list(configurations) or [Configuration("default")]
+    base = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
+    if embeddings is None:
+        embeddings, _ = build_embeddings(base)
+    cache = cache or Path(".eval-cache")
+    report: dict[str, Any] = {
+        "questions": len(run.questions),
+        "labels": run.labels,
+        "variants": list(run.variants),
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory(prefix="ragstream-answers-") as tmp:
         settings = base.model_copy(
             update={
@@ -303,42 +433,69 @@ async def evaluate_answers(
         )
         components = await build_components(settings, models=models, embeddings=embeddings)
         try:
-            done = await ingest_corpus(components.documents, components.sessions, corpus, quiet)
-            system = settings.system_prompt + (instruction if label_field else "")
             known = [m.name for m in components.models.models]
             for configuration in configurations:
-                _check_model(configuration, known)
+                _check(configuration, known, reranker=settings.reranker_model is not None)
+            judge = None
+            if judge_name is not None:
+                if judge_name not in known:
+                    raise SystemExit(
+                        f"--judge {judge_name!r} is not in the catalog (LLM_MODELS): "
+                        f"{', '.join(known)}"
+                    )
+                judge = Judge(
+                    next(m for m in components.models.models if m.name == judge_name), embeddings
+                )
+                report["judge"] = judge_name
+            user = await ingest_corpus(
+                components.documents, components.sessions, run.corpus, quiet or not run.corpus
+            )
+            system = settings.system_prompt + run.instruction
+            for configuration in configurations:
+                model = configuration.overrides.get("model") or components.models.default.name
                 row: dict[str, Any] = {
                     "config": configuration.name,
                     "overrides": configuration.overrides,
-                    "model": configuration.overrides.get("model") or components.models.default.name,
+                    "model": model,
                 }
-                for variant in VARIANTS:
+                for variant in run.variants:
                     key = {
-                        "dataset": where, "split": split, "variant": variant,
-                        "overrides": configuration.overrides, "model": row["model"],
-                        "system": system,
+                        "dataset": run.source, "variant": variant, "model": model,
+                        "overrides": configuration.overrides, "system": system,
                     }  # fmt: skip
                     answers = await _answer_all(
-                        components.chat_service, done.user, questions, configuration, variant,
-                        system, texts, _Cache(cache, key), quiet,
+                        components.chat_service, user.user, run.questions, configuration,
+                        variant, system, _Cache(cache, key), quiet,
                     )  # fmt: skip
                     similarity = (
-                        _similarity(embeddings, questions, answers) if answer_field else None
+                        _similarity(embeddings, run.questions, answers, run.compare)
+                        if run.compare
+                        else None
                     )
-                    row[variant] = score(questions, answers, labels, similarity)
+                    verdicts = None
+                    if judge is not None:
+                        key = {**key, "judge": judge.name, "prompts": JUDGE_PROMPTS}
+                        verdicts = await _judge_all(
+                            judge, run.questions, answers, variant, _Cache(cache, key), quiet
+                        )
+                    row[variant] = score(run.questions, answers, run.labels, similarity, verdicts)
                 report["rows"].append(row)
         finally:
             await components.close()
     return report
 
 
-def _check_model(configuration: Configuration, known: Sequence[str]) -> None:
+def _check(configuration: Configuration, known: Sequence[str], *, reranker: bool) -> None:
     model = configuration.overrides.get("model")
     if model is not None and model not in known:
         raise SystemExit(
             f"--config {configuration.name}: model {model!r} is not in the catalog "
             f"(LLM_MODELS): {', '.join(known)}"
+        )
+    if configuration.overrides.get("rerank") and not reranker:
+        raise SystemExit(
+            f"--config {configuration.name}: rerank=on needs a cross-encoder: set "
+            "RERANKER_MODEL to its folder"
         )
 
 
@@ -349,13 +506,12 @@ async def _answer_all(
     configuration: Configuration,
     variant: str,
     system: str,
-    texts: dict[str, str],
     cache: _Cache,
     quiet: bool,
 ) -> dict[str, Answered]:
     from tqdm import tqdm
 
-    todo = [q for q in questions if q.id not in cache.answers]
+    todo = [q for q in questions if q.id not in cache.rows]
     label = f"{configuration.name} · {variant}"
     for question in tqdm(todo, desc=label, disable=quiet or not todo, file=sys.stderr):
         options = configuration.options(retrieval=variant == "retrieval")
@@ -363,27 +519,54 @@ async def _answer_all(
         try:
             turn = await service.start(
                 user=user, message=question.text, conversation_id=None, options=options,
-                system_prompt=system, persist=False,
+                history=question.history, system_prompt=system, persist=False,
             )  # fmt: skip
-            if variant == "gold passages":
-                turn.passages = [
-                    Passage(doc, doc, texts[doc], 1.0, {}) for doc in sorted(question.relevant)
-                    if doc in texts
-                ]  # fmt: skip
+            if variant in GIVEN_PASSAGES:
+                turn.passages = list(question.passages)
             answer = await service.complete(turn)
             answered = Answered(answer.text, answer.sources, time.perf_counter() - started)
         except ServiceError as exc:
             answered = Answered("", [], time.perf_counter() - started, error=str(exc))
-        cache.add(question.id, answered)
-    return {q.id: cache.answers[q.id] for q in questions}
+        cache.add(question.id, answered.__dict__, keep=answered.error is None)
+    return {q.id: Answered(**cache.rows[q.id]) for q in questions}
+
+
+async def _judge_all(
+    judge: Judge,
+    questions: Sequence[Question],
+    answers: dict[str, Answered],
+    variant: str,
+    cache: _Cache,
+    quiet: bool,
+) -> dict[str, Verdict]:
+    """The judge's verdict on each answer that did not fail; the passages it is checked
+    against are those it cites, or all its sources when it cites none."""
+    from tqdm import tqdm
+
+    todo = [q for q in questions if q.id not in cache.rows and answers[q.id].error is None]
+    for question in tqdm(todo, desc=f"judging · {variant}", disable=quiet or not todo,
+                         file=sys.stderr):  # fmt: skip
+        answer = answers[question.id]
+        numbers = [int(n) for n in _CITATION.findall(answer.text)]
+        chosen = [answer.sources[n - 1] for n in dict.fromkeys(numbers)
+                  if 1 <= n <= len(answer.sources)] or answer.sources  # fmt: skip
+        try:
+            verdict = await judge.judge(question.text, answer.text, [s["text"] for s in chosen])
+        except Exception as exc:  # noqa: BLE001 - a judge that failed: asked again next run
+            log.warning("the judge failed on %s: %s", question.id, exc)
+            continue
+        cache.add(question.id, verdict.row())
+    return {q.id: Verdict(**cache.rows[q.id]) for q in questions if q.id in cache.rows}
 
 
 def _similarity(
-    embeddings: Any, questions: Sequence[Question], answers: dict[str, Answered]
+    embeddings: Any, questions: Sequence[Question], answers: dict[str, Answered], compare: str
 ) -> dict[str, float]:
+    """Cosine of each answer to the question's `compare` text (expected or bad answer)."""
     import numpy as np
 
-    pairs = [(q.id, answers[q.id].text, q.answer) for q in questions if q.answer]
+    pairs = [(q.id, answers[q.id].text, getattr(q, compare)) for q in questions
+             if getattr(q, compare) and not answers[q.id].error]  # fmt: skip
     if not pairs:
         return {}
     vectors = np.asarray(
@@ -404,6 +587,9 @@ COLUMNS = (
     ("citation_precision", "cite P", "{:.3f}"),
     ("citation_recall", "cite R", "{:.3f}"),
     ("similarity", "sim", "{:.3f}"),
+    ("repeated", "repeated", "{:.3f}"),
+    ("faithfulness", "faithful", "{:.3f}"),
+    ("relevance", "relevant", "{:.3f}"),
     ("errors", "errors", "{}"),
     ("seconds_per_question", "s/q", "{:.2f}"),
 )
@@ -413,7 +599,7 @@ def table(report: dict[str, Any]) -> list[list[str]]:
     """The report's rows: a configuration's variants one after the other."""
     rows = [["config", "model", "answers", *(title for _, title, _ in COLUMNS)]]
     for row in report["rows"]:
-        for variant in VARIANTS:
+        for variant in report["variants"]:
             scores = row[variant]
             cells = [fmt.format(scores[k]) if k in scores else "" for k, _, fmt in COLUMNS]
             rows.append([row["config"], row["model"], variant, *cells])
@@ -423,13 +609,19 @@ def table(report: dict[str, Any]) -> list[list[str]]:
             ["(baseline)", "-", f"majority '{majority['label']}'",
              f"{majority['accuracy']:.3f}", *[""] * (len(COLUMNS) - 1)]
         )  # fmt: skip
-    return rows
+    shown = [i for i in range(len(rows[0])) if i < 3 or any(r[i] for r in rows[1:])]
+    return [[r[i] for i in shown] for r in rows]
+
+
+def _title(report: dict[str, Any]) -> str:
+    judged = f"; judge: {report['judge']}" if "judge" in report else ""
+    return f"{report['dataset']} ({report['split']}): {report['questions']} questions{judged}"
 
 
 def print_report(report: dict[str, Any]) -> None:
     rows = table(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"{report['dataset']} ({report['split']}): {report['questions']} questions")
+    print(_title(report))
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
@@ -437,7 +629,7 @@ def print_report(report: dict[str, Any]) -> None:
 def markdown(report: dict[str, Any]) -> str:
     rows = table(report)
     lines = [
-        f"# Answers on {report['dataset']} ({report['split']}, {report['questions']} questions)",
+        f"# Answers on {_title(report)}",
         "",
         "| " + " | ".join(rows[0]) + " |",
         "|" + "---|" * len(rows[0]),
@@ -454,11 +646,15 @@ def chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measure = "accuracy" if "majority" in report else "similarity"
+    measure = (
+        "accuracy" if "majority" in report else "faithfulness" if "judge" in report
+        else "similarity"
+    )  # fmt: skip
     names = [row["config"] for row in report["rows"]]
     figure, axes = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
-    width = 0.8 / len(VARIANTS)
-    for i, variant in enumerate(VARIANTS):
+    variants = report["variants"]
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
         values = [row[variant].get(measure, 0.0) for row in report["rows"]]
         axes.bar([x + i * width for x in range(len(names))], values, width, label=variant)
     if "majority" in report:

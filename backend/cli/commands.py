@@ -122,22 +122,75 @@ async def _eval(args: argparse.Namespace) -> int:
 
 
 async def _eval_answers(args: argparse.Namespace) -> int:
-    from backend.cli.answers import evaluate_answers, parse_config, print_report, write_reports
-
-    report = await evaluate_answers(
-        args.dataset,
-        split=args.split,
-        labels=args.labels.split(","),
-        label_field=args.label_field,
-        answer_field=args.answer_field,
-        configurations=[parse_config(c) for c in args.config],
-        limit=args.limit,
-        cache=args.cache,
-        quiet=args.quiet,
+    from backend.cli.answers import (
+        evaluate_answers,
+        evaluate_cases,
+        parse_config,
+        print_report,
+        write_reports,
     )
+
+    common = {
+        "configurations": [parse_config(c) for c in args.config],
+        "limit": args.limit,
+        "cache": args.cache,
+        "judge": args.judge,
+        "quiet": args.quiet,
+    }
+    if (args.dataset is None) == (args.cases is None):
+        print("give a DATASET folder or --cases FILE (one of them)", file=sys.stderr)
+        return 2
+    if args.cases is not None:
+        report = await evaluate_cases(args.cases, **common)
+    else:
+        report = await evaluate_answers(
+            args.dataset,
+            split=args.split,
+            labels=args.labels.split(","),
+            label_field=args.label_field,
+            answer_field=args.answer_field,
+            **common,
+        )
     print_report(report)
     for path in await asyncio.to_thread(write_reports, report, args.out):
         print(f"wrote {path}")
+    return 0
+
+
+# --- export-feedback ------------------------------------------------------------------------
+async def _export_feedback(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from backend.cli.feedback import write_dataset, write_file
+    from backend.common.errors import InvalidInput
+    from backend.common.settings import settings_or_exit
+    from backend.db.engine import session_factory
+    from backend.services.components import open_database
+    from backend.services.feedback import ExportOptions, FeedbackExport
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+        options = ExportOptions.parse(args.kinds, since, usernames=args.usernames)
+    except ValueError as exc:
+        print(f"--since {args.since!r}: {exc}", file=sys.stderr)
+        return 2
+    except InvalidInput as exc:
+        print(f"--{exc.field[0] if exc.field else 'kinds'}: {exc.detail}", file=sys.stderr)
+        return 2
+    settings = settings_or_exit()
+    engine = await open_database(settings)
+    try:
+        export = FeedbackExport(session_factory(engine), settings.secret_key.get_secret_value())
+        records = export.records(options)
+        if args.hf_dataset:
+            counts = await write_dataset(records, args.hf_dataset)
+        else:
+            counts = await write_file(records, args.out)
+    finally:
+        await engine.dispose()
+    where = args.hf_dataset or args.out or "standard output"
+    summary = ", ".join(f"{n} {kind}s" for kind, n in sorted(counts.items())) or "nothing"
+    print(f"exported {summary} to {where}", file=sys.stderr)
     return 0
 
 
@@ -250,7 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     answers = commands.add_parser(
         "eval-answers", help="score answers through the chat pipeline on a BEIR-layout dataset"
     )
-    answers.add_argument("dataset", type=Path)
+    answers.add_argument("dataset", type=Path, nargs="?", help="a BEIR-layout folder")
+    answers.add_argument(
+        "--cases", type=Path, help="an export-feedback file: its 👎 cases answered again"
+    )
+    answers.add_argument("--judge", help="a catalog model judging faithfulness and relevance")
     answers.add_argument("--split", default="test", help="as for eval")
     answers.add_argument("--labels", default="yes,no,maybe", help="the closed set of labels")
     answers.add_argument("--label-field", help="the queries' metadata field holding the label")
@@ -261,12 +318,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME:KEY=VALUE,...",
         help="a configuration to score (several allowed); keys: model, alpha, top_k, query, "
-        "group_by, temperature, max_tokens",
+        "group_by, temperature, max_tokens, rerank (on|off)",
     )
     answers.add_argument("--limit", type=int, help="the first N questions of the split")
     answers.add_argument("--cache", type=Path, default=Path(".eval-cache"), help="answers kept")
     answers.add_argument("--out", type=Path, default=Path("eval-report"), help="report folder")
     answers.add_argument("--quiet", action="store_true")
+
+    export = commands.add_parser(
+        "export-feedback", help="users' ratings, preference pairs and cases, as NDJSON"
+    )
+    export.add_argument("--out", type=Path, help="the NDJSON file (default: standard output)")
+    export.add_argument("--hf-dataset", type=Path, help="write a Hugging Face dataset folder")
+    export.add_argument("--kinds", default="ratings,preferences,cases")
+    export.add_argument("--since", help="only what was said since (ISO 8601, with zone)")
+    export.add_argument(
+        "--usernames", action="store_true", help="real usernames instead of pseudonyms"
+    )
 
     users = commands.add_parser("users", help="add, disable or list accounts")
     actions = users.add_subparsers(dest="action", required=True)
@@ -279,5 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    runners = {"ingest": _ingest, "eval": _eval, "eval-answers": _eval_answers, "users": _users}
+    runners = {
+        "ingest": _ingest,
+        "eval": _eval,
+        "eval-answers": _eval_answers,
+        "export-feedback": _export_feedback,
+        "users": _users,
+    }
     return asyncio.run(runners[args.command](args))

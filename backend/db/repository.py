@@ -341,3 +341,38 @@ async def set_feedback(
         feedback.rating, feedback.comment, feedback.created_at = rating, comment, utcnow()
     await session.flush()
     return feedback
+
+
+async def conversations_with_feedback(
+    *, session: AsyncSession, after: str | None = None, since: datetime | None = None, page: int
+) -> Sequence[Conversation]:
+    """Up to `page` conversations (by id, after `after`) with something to learn from: a
+    rated answer, a revision, or a question answered more than once; their users and
+    messages (with ratings) loaded. `since`: only those with such a thing that recent."""
+    answer = select(Message.conversation_id).where(Message.role == "assistant")
+    rated = answer.join(Feedback, Feedback.message_id == Message.id)
+    if since is not None:
+        answer = answer.where(Message.created_at >= since)
+        rated = rated.where(Feedback.created_at >= since)
+    revised = answer.where(Message.revision_of.is_not(None))
+    again = (
+        answer.where(Message.parent_id.is_not(None))
+        .group_by(Message.conversation_id, Message.parent_id)
+        .having(func.count() > 1)
+    )
+    wanted = select(Conversation).where(
+        Conversation.id.in_(rated.union(revised, again).scalar_subquery())
+    )
+    if after is not None:
+        wanted = wanted.where(Conversation.id > after)
+    result = await session.execute(
+        wanted.order_by(Conversation.id).limit(page).options(selectinload(Conversation.messages))
+    )
+    return result.scalars().all()
+
+
+async def usernames(*, session: AsyncSession, user_ids: Sequence[str]) -> dict[str, str]:
+    result = await session.execute(
+        select(User.id, User.username).where(User.id.in_(list(user_ids)))
+    )
+    return dict(result.all())

@@ -410,10 +410,12 @@ class DocumentService:
         alpha: float | None,
         group_by: GroupBy | None = None,
         context: Sequence[tuple[str, float]] = (),
+        rerank: bool = True,
     ) -> SearchResult:
         """The best passages for `query` in the user's namespaces; `filter_` is a valid
         filter (the schemas check what requests send; a malformed one raises FilterError);
-        `context`: weighted texts that join the query (a follow-up's earlier questions)."""
+        `context`: weighted texts that join the query (a follow-up's earlier questions);
+        `rerank`: by the cross-encoder, when there is one."""
         await self._refresh_stats()
         try:
             result = await self.retriever.search(
@@ -425,6 +427,7 @@ class DocumentService:
                 group_by=group_by or self.settings.retrieval_group_by,
                 per_document=self.settings.retrieval_passages_per_document,
                 context=context,
+                rerank=rerank,
             )
         except FilterError:
             raise

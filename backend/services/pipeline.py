@@ -99,6 +99,7 @@ class AnswerPipeline:
                 alpha=turn.retrieval.alpha,
                 group_by=turn.retrieval.group_by,
                 context=query.context,
+                rerank=turn.retrieval.rerank is not False,
             )
         except Exception:
             log.exception("retrieval failed")

@@ -25,6 +25,7 @@ class RetrievalOptions:
     alpha: float | None = None
     group_by: Literal["document", "chunk"] | None = None
     query: QueryMode | None = None  # how a follow-up's search query is made (services/query.py)
+    rerank: bool | None = None  # None: rerank when RERANKER_MODEL is set
 
 
 OnDisconnect = Literal["stop", "finish"]
