@@ -455,6 +455,25 @@ def documents(client: BackendClient, me: dict[str, Any]) -> None:
             st.rerun()
 
 
+def feedback_export(client: BackendClient) -> None:
+    """For admins: what users said (ratings, preference pairs, 👎 cases) to download."""
+    state = st.session_state
+    with st.sidebar.expander("Feedback export (admin)"):
+        st.caption(
+            "Rated answers, preference pairs and 👎 answers as evaluation cases, as NDJSON; "
+            "users pseudonymised. `eval-answers --cases` runs the cases again."
+        )
+        if st.button("Prepare export", key="feedback-export"):
+            state.feedback_export = client.export_feedback()
+        exported = state.get("feedback_export")
+        if exported is not None:
+            st.caption(f"{len(exported.splitlines())} records")
+            st.download_button(
+                "Download feedback.ndjson", exported, file_name="feedback.ndjson",
+                mime="application/x-ndjson", key="feedback-download",
+            )  # fmt: skip
+
+
 # --- page ----------------------------------------------------------------------------------
 def main() -> None:
     st.set_page_config(page_title="ragstream", page_icon="💬", layout="wide")
@@ -474,6 +493,8 @@ def main() -> None:
             st.sidebar.selectbox("Model", models, key="model")
         conversations_panel(client)
         options = retrieval_panel()
+        if me.get("is_admin"):
+            feedback_export(client)
         chat_tab, docs_tab = st.tabs(["Chat", "Documents"])
         with chat_tab:
             chat(client, options)

@@ -124,6 +124,16 @@ class BackendClient:
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/auth/me")
 
+    def export_feedback(self) -> bytes:
+        """What users said about answers, as NDJSON (admins only)."""
+        try:
+            response = self.http.get("/admin/feedback/export", headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise BackendError(f"The backend at {self.base_url} is unreachable ({exc}).") from exc
+        if response.status_code >= 400:
+            raise BackendError.of(response)
+        return response.content
+
     def conversations(self) -> list[dict[str, Any]]:
         return self._request("GET", "/conversations", params={"limit": 100})["data"]
 

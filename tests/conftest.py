@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backend.common.settings import get_settings
 from backend.llm import ChatModel
 from tests.helpers import (
     LiveServer,
@@ -31,6 +32,14 @@ from tests.helpers import (
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(autouse=True)
+def _settings_from_this_tests_environment() -> Iterator[None]:
+    """A test that sets the environment for the command line clears the cached settings;
+    they are cleared after every test too, so no test sees another's."""
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ class RecordingFakeChatModel(FakeListChatModel):
     and whether a generation is under way or was cancelled."""
 
     prompts: list[list[BaseMessage]] = Field(default_factory=list)
+    stops: list[list[str] | None] = Field(default_factory=list)  # each request's stop
     active: int = 0
     cancelled: int = 0
 
@@ -50,6 +51,7 @@ class RecordingFakeChatModel(FakeListChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         self.prompts.append(list(messages))
+        self.stops.append(stop)
         self.active += 1
         try:
             async for chunk in super()._astream(messages, stop, run_manager, **kwargs):

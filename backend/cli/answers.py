@@ -34,14 +34,23 @@ from backend.cli.sources import jsonl_documents, jsonl_items
 from backend.common.errors import ServiceError
 from backend.llm import ChatModel
 from backend.retrieval.passage import Passage
+from backend.services import prompt
 from backend.services.turns import ChatOptions, RetrievalOptions
 
 log = logging.getLogger(__name__)
 
-LABEL_INSTRUCTION = (
-    "\n\nBegin your answer with one word, {labels}, on its own; then explain in one or two "
-    "sentences, citing the sources you use like [1]."
-)
+# Part of the answers cache's key: a changed prompt layout answers again.
+PROMPT_LAYOUT = hashlib.sha256(
+    repr(
+        [prompt.CONTEXT_INSTRUCTION, prompt.REVISION_REQUEST, prompt.COMPACT_REMINDER,
+         prompt.COMPACT_STOP, prompt.COMPACT_SOURCES, prompt.COMPACT_SOURCE_CHARS,
+         prompt.COMPACT_HISTORY_MESSAGES, prompt.COMPACT_ANSWER_CHARS]
+    ).encode()
+).hexdigest()[:12]  # fmt: skip
+
+# Short, and restated after the question by the compact prompt: of the phrasings tried on
+# the dev split with SmolLM2 (docs/evaluation.md), the one it followed most often.
+LABEL_INSTRUCTION = "Answer {labels} first, then explain from the sources, citing them like [1]."
 VARIANTS = ("retrieval", "closed-book", "gold passages")
 CASE_VARIANTS = ("stored sources",)  # an exported case, answered from its own sources
 GIVEN_PASSAGES = {"gold passages", "stored sources"}  # the question's passages as context
@@ -67,6 +76,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "temperature": float,
     "max_tokens": int,
     "rerank": _switch,
+    "prompt": str,
 }
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 
@@ -94,6 +104,7 @@ class Configuration:
             model=o.get("model"),
             max_tokens=o.get("max_tokens"),
             temperature=o.get("temperature", 0.0),
+            prompt=o.get("prompt"),
             retrieval=RetrievalOptions(
                 enabled=retrieval,
                 top_k=o.get("top_k"),
@@ -181,12 +192,13 @@ def read_questions(
 
 
 def parse_label(text: str, labels: Sequence[str]) -> str | None:
-    """The label an answer gives: the first of `labels` in its first sentence (its first
-    15 words at most: "Yes, …", "The answer to your question is no.")."""
+    """The label an answer gives: the one of `labels` in its first sentence (its first
+    15 words at most: "Yes, …", "The answer to your question is no."); None when there is
+    none, or more than one (an echo of the instruction: "yes, no or maybe")."""
     sentence = re.split(r"[.!?\n]", text.strip().lower(), maxsplit=1)[0]
     head = " ".join(re.findall(r"[a-z]+", sentence)[:15])
-    found = re.search(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", head)
-    return found.group(1) if found else None
+    found = set(re.findall(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", head))
+    return found.pop() if len(found) == 1 else None
 
 
 def cited(text: str, sources: Sequence[dict[str, Any]]) -> list[str]:
@@ -450,22 +462,28 @@ async def _evaluate(
             user = await ingest_corpus(
                 components.documents, components.sessions, run.corpus, quiet or not run.corpus
             )
-            system = settings.system_prompt + run.instruction
+            system = settings.system_prompt
             for configuration in configurations:
                 model = configuration.overrides.get("model") or components.models.default.name
+                style = configuration.overrides.get("prompt") or next(
+                    m.prompt for m in components.models.models if m.name == model
+                )
                 row: dict[str, Any] = {
                     "config": configuration.name,
                     "overrides": configuration.overrides,
                     "model": model,
+                    "prompt": style,
                 }
                 for variant in run.variants:
                     key = {
                         "dataset": run.source, "variant": variant, "model": model,
                         "overrides": configuration.overrides, "system": system,
+                        "instruction": run.instruction, "prompt": style,
+                        "layout": PROMPT_LAYOUT,
                     }  # fmt: skip
                     answers = await _answer_all(
                         components.chat_service, user.user, run.questions, configuration,
-                        variant, system, _Cache(cache, key), quiet,
+                        variant, (system, run.instruction), _Cache(cache, key), quiet,
                     )  # fmt: skip
                     similarity = (
                         _similarity(embeddings, run.questions, answers, run.compare)
@@ -492,6 +510,11 @@ def _check(configuration: Configuration, known: Sequence[str], *, reranker: bool
             f"--config {configuration.name}: model {model!r} is not in the catalog "
             f"(LLM_MODELS): {', '.join(known)}"
         )
+    if configuration.overrides.get("prompt") not in (None, "full", "compact"):
+        raise SystemExit(
+            f"--config {configuration.name}: prompt={configuration.overrides['prompt']!r}: "
+            "choose full or compact"
+        )
     if configuration.overrides.get("rerank") and not reranker:
         raise SystemExit(
             f"--config {configuration.name}: rerank=on needs a cross-encoder: set "
@@ -505,7 +528,7 @@ async def _answer_all(
     questions: Sequence[Question],
     configuration: Configuration,
     variant: str,
-    system: str,
+    prompt: tuple[str, str],  # the system prompt, the answer's format
     cache: _Cache,
     quiet: bool,
 ) -> dict[str, Answered]:
@@ -519,8 +542,9 @@ async def _answer_all(
         try:
             turn = await service.start(
                 user=user, message=question.text, conversation_id=None, options=options,
-                history=question.history, system_prompt=system, persist=False,
+                history=question.history, system_prompt=prompt[0], persist=False,
             )  # fmt: skip
+            turn.instruction = prompt[1]
             if variant in GIVEN_PASSAGES:
                 turn.passages = list(question.passages)
             answer = await service.complete(turn)

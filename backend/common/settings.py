@@ -44,6 +44,12 @@ class ModelSpec(BaseModel):
     model: str | None = Field(None, description="Repo id / model name / GGUF path.")
     base_url: str | None = Field(None, description="Endpoint URL (TGI, vLLM, Ollama, ...).")
     context_window: int | None = Field(None, ge=256)
+    prompt: Literal["full", "compact"] | None = Field(
+        None,
+        description="`compact`: fewer, shorter sources in the question's message, the "
+        "question restated after them, the last exchange only (for small models); default: "
+        "compact for `local` models, full for the others.",
+    )
 
     @property
     def name(self) -> str:

@@ -47,8 +47,11 @@ def build_chat_model(spec: ModelSpec, settings: Settings) -> ChatModel:
 
 def build_models(settings: Settings) -> ModelCatalog:
     models = [build_chat_model(spec, settings) for spec in settings.model_specs]
-    for model in models:
+    for model, spec in zip(models, settings.model_specs, strict=True):
+        # A small local model reads a compact prompt; any other the full one.
+        model.prompt = spec.prompt or ("compact" if spec.provider == "local" else "full")
         log.info(
-            "model %s (%s), context %d tokens", model.name, model.provider, model.context_window
-        )
+            "model %s (%s), context %d tokens, %s prompt",
+            model.name, model.provider, model.context_window, model.prompt,
+        )  # fmt: skip
     return ModelCatalog(models, settings=settings)

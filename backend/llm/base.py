@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -49,10 +49,14 @@ class Queued:
 StreamItem = Delta | Queued
 
 
+PromptStyle = Literal["full", "compact"]  # how its prompt is laid out (services/prompt.py)
+
+
 class ChatModel(Protocol):
     name: str  # as requests and `meta` name it
     provider: str
     context_window: int  # tokens it sees, prompt and answer
+    prompt: PromptStyle
 
     @property
     def chat(self) -> BaseChatModel:
@@ -89,6 +93,7 @@ class LangChainModel:
     chat: BaseChatModel
     context_window: int
     counter: Callable[[str], int] = field(default=approximate_token_count)
+    prompt: PromptStyle = field(default="full", kw_only=True)
 
     @property
     def queued(self) -> bool:

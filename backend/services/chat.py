@@ -104,6 +104,7 @@ class ChatService:
             system_prompt=system_prompt or self.settings.system_prompt,
             on_disconnect=options.on_disconnect or self.settings.stream_disconnect,
             answer=answer,
+            prompt=options.prompt,
         )
 
     async def start(

@@ -11,17 +11,26 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from backend.common.settings import Settings
 from backend.llm import ChatModel
+from backend.llm.base import PromptStyle
 from backend.llm.errors import ModelFailure
 from backend.llm.streaming import ModelStream, StreamPolicy, open_stream
 from backend.retrieval.passage import Passage
 from backend.services.answer import Answer, AnswerObserver
 from backend.services.documents import DocumentService
-from backend.services.prompt import BuiltPrompt, build_prompt, history_messages
+from backend.services.prompt import (
+    COMPACT_STOP,
+    BuiltPrompt,
+    build_compact_prompt,
+    build_prompt,
+    history_messages,
+    with_instruction,
+)
 from backend.services.query import QueryWriter
 from backend.services.turns import ChatTurn
 
@@ -111,16 +120,32 @@ class AnswerPipeline:
 
     # --- 2. prompt --------------------------------------------------------------------------
     def _prompt(self, turn: ChatTurn, model: ChatModel, passages: list[Passage]) -> BuiltPrompt:
-        return build_prompt(
-            system=turn.system_prompt,
-            history=history_messages(turn.history),
-            question=turn.question,
-            count_tokens=model.count_tokens,
-            budget=model.context_window - turn.params["max_tokens"],
-            passages=[(p.text, _title_of(p)) for p in passages],
-            context_share=self.context_share,
-            revisions=[(r.answer, r.feedback) for r in turn.revisions],
-        )
+        common = {
+            "history": history_messages(turn.history),
+            "question": turn.question,
+            "count_tokens": model.count_tokens,
+            "budget": model.context_window - turn.params["max_tokens"],
+            "passages": [(p.text, _title_of(p)) for p in passages],
+            "context_share": self.context_share,
+            "revisions": [(r.answer, r.feedback) for r in turn.revisions],
+        }
+        if self._style(turn, model) == "compact":
+            return build_compact_prompt(
+                system=turn.system_prompt, instruction=turn.instruction, **common
+            )
+        return build_prompt(system=with_instruction(turn.system_prompt, turn.instruction), **common)
+
+    @staticmethod
+    def _style(turn: ChatTurn, model: ChatModel) -> PromptStyle:
+        return turn.prompt or model.prompt
+
+    @staticmethod
+    def _params(turn: ChatTurn, model: ChatModel) -> dict[str, Any]:
+        """The request's parameters; a compact prompt's stop sequences joined to its own."""
+        if AnswerPipeline._style(turn, model) != "compact":
+            return turn.params
+        stop = list(dict.fromkeys([*(turn.params.get("stop") or []), *COMPACT_STOP]))
+        return {**turn.params, "stop": stop}
 
     # --- 3. the first model that starts answering ----------------------------------------
     async def _open(
@@ -133,8 +158,9 @@ class AnswerPipeline:
             prompt = self._prompt(turn, model, passages)
             try:
                 stream = await open_stream(
-                    model, prompt.messages, turn.params, self.policy, answer.wait_in_line
-                )
+                    model, prompt.messages, self._params(turn, model), self.policy,
+                    answer.wait_in_line,
+                )  # fmt: skip
                 return stream, prompt
             except ModelFailure as exc:
                 failure = exc

@@ -171,3 +171,94 @@ def build_prompt(
         history_dropped=len(history) - len(kept),
         sources_used=packed,
     )
+
+
+# --- the compact prompt, for small models ---------------------------------------------------
+# A 135M model loses the question under a page of sources and copies the shape of what it
+# last read: it gets fewer, shorter sources in the question's own message, the question
+# restated after them, only the last exchange (its answer cut short, so it is not repeated),
+# and stop sequences that end an answer trying to write the next turn. An instruction on
+# the answer's form goes both into the system message and after the question. What this
+# changes is measured in docs/evaluation.md.
+COMPACT_SOURCES = 3
+COMPACT_SOURCE_CHARS = 600
+COMPACT_HISTORY_MESSAGES = 2  # the last question and answer
+COMPACT_ANSWER_CHARS = 200
+COMPACT_STOP = ["\nQ:", "\nA:", "\nQuestion:", "\nUser:", "<source"]
+COMPACT_REMINDER = (
+    "Answer the question from the sources above in one to three sentences, and cite the "
+    "sources you use like [1]. If they do not hold the answer, say so."
+)
+
+
+def with_instruction(system: str, instruction: str) -> str:
+    return f"{system.rstrip()}\n\n{instruction.strip()}" if instruction.strip() else system
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, at a sentence's end where there is one."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = max(head.rfind(". "), head.rfind("? "), head.rfind("! "))
+    return head[: end + 1] if end > limit // 3 else head.rsplit(" ", 1)[0] + " …"
+
+
+def build_compact_prompt(
+    *,
+    system: str,
+    history: Sequence[BaseMessage],
+    question: str,
+    count_tokens: Callable[[str], int],
+    budget: int,
+    passages: Sequence[tuple[str, str | None]] = (),
+    context_share: float = 0.6,
+    revisions: Sequence[tuple[str, str]] = (),
+    instruction: str = "",
+) -> BuiltPrompt:
+    """The system instruction (+ `instruction`); the last exchange (its answer cut short);
+    then one message with at most COMPACT_SOURCES sources (each cut to
+    COMPACT_SOURCE_CHARS), the question after them, and `instruction` again or, without
+    one, the reminder to use and cite the sources; for a revision, the answer revised and
+    the feedback. The same refusal as `build_prompt` when the fixed part cannot fit."""
+    revision = revision_messages(*revisions[-1]) if revisions else []
+    system = with_instruction(system, instruction)
+    closing = instruction.strip() or (COMPACT_REMINDER if passages else "")
+    asked = f"Question: {question.strip()}\n\n{closing}".strip()
+    used = check_fits(
+        system=system, question=asked, count_tokens=count_tokens, budget=budget,
+        revision=revision,
+    )  # fmt: skip
+    context, packed = "", 0
+    room = min(int(budget * context_share), budget - used) - count_tokens("Sources:\n\n")
+    for text, title in passages[:COMPACT_SOURCES]:
+        block = _source_block(packed + 1, _cut(text, COMPACT_SOURCE_CHARS), title)
+        need = count_tokens(block)
+        if need > room:
+            break
+        context, room, packed = context + block, room - need, packed + 1
+    if packed:
+        asked = "Sources:\n\n" + context + asked
+        used += count_tokens("Sources:\n\n" + context)
+    recent = [
+        AIMessage(_cut(m.text, COMPACT_ANSWER_CHARS)) if m.type == "ai" else m
+        for m in history[-COMPACT_HISTORY_MESSAGES:]
+    ]
+    kept: list[BaseMessage] = []
+    for message in reversed(recent):
+        need = count_tokens(message.text) + PER_MESSAGE_OVERHEAD
+        if used + need > budget:
+            break
+        kept.insert(0, message)
+        used += need
+    messages = CHAT_PROMPT.format_messages(
+        system=system, history=kept, question=asked, revisions=revision
+    )
+    return BuiltPrompt(
+        messages=messages,
+        prompt_tokens=used,
+        history_used=len(kept),
+        history_dropped=len(history) - len(kept),
+        sources_used=packed,
+    )

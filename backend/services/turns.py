@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from backend.db.models import User
     from backend.llm import ChatModel
+    from backend.llm.base import PromptStyle
     from backend.retrieval.passage import Passage
     from backend.services.answer import Answer
     from backend.services.query import QueryMode
@@ -40,6 +41,7 @@ class ChatOptions:
     top_p: float | None = None
     stop: list[str] | None = None
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+    prompt: PromptStyle | None = None  # None: the model's own (the evaluator compares them)
 
 
 @dataclass
@@ -60,6 +62,10 @@ class ChatTurn:
     # of (earlier answer, the feedback on it), oldest first; the last is the one revised.
     passages: list[Passage] | None = None
     revisions: list[Revision] = field(default_factory=list)
+    prompt: PromptStyle | None = None  # None: each model's own layout
+    # A format the answer must follow, placed where the model reads it best (the
+    # evaluator's "begin with yes, no or maybe").
+    instruction: str = ""
 
 
 @dataclass

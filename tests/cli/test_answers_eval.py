@@ -141,6 +141,8 @@ def test_known_answers_give_known_scores_and_a_second_run_reads_the_cache(
         ("The answer to your question is no.", "no"),
         ("MAYBE. The evidence is mixed.", "maybe"),
         ("It depends on the dose. No trial says yes.", None),
+        ("The answer is yes, no or maybe first, then explain.", None),  # the instruction
+        ("No, no: it does not.", "no"),
         ("", None),
     ],
 )

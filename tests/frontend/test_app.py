@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from httpx_sse import connect_sse
 from streamlit.testing.v1 import AppTest
 
-from backend.common.settings import Settings
+from backend.cli import main as cli
+from backend.common.settings import Settings, get_settings
 from backend.llm import ChatModel
 from frontend.client import BackendError
 from tests.helpers import LiveServer, Serve, fake_model, ingest, register
@@ -348,3 +350,32 @@ def test_a_follow_up_shows_what_it_searched_for(app: AppTest, client: httpx.Clie
     ask(app, "Does it lower the risk of cancer?")
     expected = "Searched for: What is metformin used for? … Does it lower the risk of cancer?"
     assert expected in [c.value for c in app.caption]
+
+
+def test_admins_download_the_feedback_export(
+    app: AppTest,
+    client: httpx.Client,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signed_in(app, client, "reader")
+    assert "Feedback export (admin)" not in [e.label for e in app.sidebar.expander]
+    ask(app, "Hello app")
+    answer_id = next(
+        m["id"] for m in app.session_state.client.conversation(app.session_state.conversation_id)[
+            "messages"
+        ] if m["role"] == "assistant"
+    )  # fmt: skip
+    app.session_state.client.feedback(answer_id, -1, "wrong")
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    assert cli(["users", "add", "reader", "--admin"]) == 0
+    app.run()
+    assert "Feedback export (admin)" in [e.label for e in app.sidebar.expander]
+    app.button(key="feedback-export").click().run()
+    assert not app.exception, app.exception
+    records = [json.loads(line) for line in app.session_state.feedback_export.splitlines()]
+    assert {(r["type"], r["comment"]) for r in records} == {("rating", "wrong"), ("case", "wrong")}
+    assert "2 records" in [c.value for c in app.caption]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from backend.llm.wire import ChatWire
+from backend.services.prompt import COMPACT_STOP
 from tests.helpers import LiveServer, StreamResult, build_app, live_server, register, stream_chat
 from tests.upstream import Scenario, Upstream
 
@@ -367,3 +368,15 @@ def test_when_every_model_fails_the_user_gets_one_clear_error(service, tgi) -> N
     assert result.names() == ["meta", "error"]
     assert result.first("error")["code"] == "model_payment"
     assert len(upstream.seen) == 2
+
+
+def test_a_model_may_ask_for_the_compact_prompt(service, tgi) -> None:
+    upstream, url = tgi
+    svc = service([hf(url, id="small", prompt="compact"), hf(url, id="large")])
+    svc.chat(stop=["\n\n"], model="small")
+    svc.chat(stop=["\n\n"], model="large")
+    small, large = upstream.seen
+    assert small.body["stop"] == ["\n\n", *COMPACT_STOP]
+    assert small.body["messages"][-1]["content"] == "Question: Hello?"
+    assert large.body["stop"] == ["\n\n"]  # remote models read the full prompt by default
+    assert large.body["messages"][-1]["content"] == "Hello?"

@@ -23,6 +23,7 @@ from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
 from backend.services.events import AnswerEvent
 from backend.services.pipeline import AnswerPipeline
+from backend.services.prompt import COMPACT_STOP
 from backend.services.relay import Relay
 from backend.services.turns import ChatOptions, ChatTurn, RetrievalOptions
 from tests.helpers import RecordingFakeChatModel, fake_model, make_settings
@@ -137,3 +138,24 @@ async def test_requests_are_checked_before_anything_is_stored(tmp_path: Path) ->
     pipeline.sessions.assert_not_called()
     pipeline.writes.question.assert_not_awaited()
     pipeline.observer.ended.assert_not_awaited()
+
+
+async def test_a_compact_model_reads_a_compact_prompt_and_stops_at_a_new_turn(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(tmp_path)
+    chat = pipeline.model.chat
+    assert isinstance(chat, RecordingFakeChatModel)
+    await pipeline.events("Why?", stop=["END"])
+    assert chat.stops[-1] == ["END"]  # the full prompt: the request's own stop alone
+    assert "Lace plants shed cells." in chat.prompts[-1][0].text  # sources in the system
+    pipeline.model.prompt = "compact"
+    await pipeline.events("Why?", stop=["END"])
+    assert chat.stops[-1] == ["END", *COMPACT_STOP]
+    system, asked = chat.prompts[-1]
+    assert "Lace plants" not in system.text
+    assert asked.text.startswith("Sources:")
+    assert "Question: Why?" in asked.text
+    # A request may choose the layout (the evaluator compares them).
+    await pipeline.events("Why?", prompt="full")
+    assert "Lace plants shed cells." in chat.prompts[-1][0].text
