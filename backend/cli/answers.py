@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -459,9 +459,19 @@ async def _evaluate(
                     next(m for m in components.models.models if m.name == judge_name), embeddings
                 )
                 report["judge"] = judge_name
-            user = await ingest_corpus(
-                components.documents, components.sessions, run.corpus, quiet or not run.corpus
-            )
+            ingested: list[Any] = []
+
+            async def asker() -> Any:
+                """The user who asks, the corpus ingested as theirs: once, and only when
+                an answer is not in the cache (scoring again ingests nothing)."""
+                if not ingested:
+                    quietly = quiet or not run.corpus
+                    corpus, sessions = run.corpus, components.sessions
+                    ingested.append(
+                        await ingest_corpus(components.documents, sessions, corpus, quietly)
+                    )
+                return ingested[0].user
+
             system = settings.system_prompt
             for configuration in configurations:
                 model = configuration.overrides.get("model") or components.models.default.name
@@ -482,7 +492,7 @@ async def _evaluate(
                         "layout": PROMPT_LAYOUT,
                     }  # fmt: skip
                     answers = await _answer_all(
-                        components.chat_service, user.user, run.questions, configuration,
+                        components.chat_service, asker, run.questions, configuration,
                         variant, (system, run.instruction), _Cache(cache, key), quiet,
                     )  # fmt: skip
                     similarity = (
@@ -524,7 +534,7 @@ def _check(configuration: Configuration, known: Sequence[str], *, reranker: bool
 
 async def _answer_all(
     service: Any,
-    user: Any,
+    asker: Callable[[], Awaitable[Any]],
     questions: Sequence[Question],
     configuration: Configuration,
     variant: str,
@@ -535,6 +545,7 @@ async def _answer_all(
     from tqdm import tqdm
 
     todo = [q for q in questions if q.id not in cache.rows]
+    user = await asker() if todo else None
     label = f"{configuration.name} · {variant}"
     for question in tqdm(todo, desc=label, disable=quiet or not todo, file=sys.stderr):
         options = configuration.options(retrieval=variant == "retrieval")
