@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from backend.cli.evaluation import _numbers, ingest_corpus, read_split
+from backend.cli.evaluation import _numbers, ingest_corpus, read_split, unit_vectors
 from backend.cli.judge import JUDGE_PROMPTS, Judge, Verdict
 from backend.cli.sources import jsonl_documents, jsonl_items
 from backend.common.errors import ServiceError
@@ -66,6 +66,15 @@ def _switch(value: str) -> bool:
 
 
 _switch.__name__ = "on or off"
+
+
+def _prompt_style(value: str) -> str:
+    if value not in ("full", "compact"):
+        raise ValueError(value)
+    return value
+
+
+_prompt_style.__name__ = "full or compact"
 # What --config may set, and how its value is read.
 CONFIG_KEYS: dict[str, Any] = {
     "model": str,
@@ -76,7 +85,7 @@ CONFIG_KEYS: dict[str, Any] = {
     "temperature": float,
     "max_tokens": int,
     "rerank": _switch,
-    "prompt": str,
+    "prompt": _prompt_style,
 }
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 
@@ -445,7 +454,8 @@ async def _evaluate(
         )
         components = await build_components(settings, models=models, embeddings=embeddings)
         try:
-            known = [m.name for m in components.models.models]
+            catalog = components.models
+            known = catalog.ids()
             for configuration in configurations:
                 _check(configuration, known, reranker=settings.reranker_model is not None)
             judge = None
@@ -455,9 +465,7 @@ async def _evaluate(
                         f"--judge {judge_name!r} is not in the catalog (LLM_MODELS): "
                         f"{', '.join(known)}"
                     )
-                judge = Judge(
-                    next(m for m in components.models.models if m.name == judge_name), embeddings
-                )
+                judge = Judge(catalog.by_id[judge_name], embeddings)
                 report["judge"] = judge_name
             ingested: list[Any] = []
 
@@ -474,10 +482,8 @@ async def _evaluate(
 
             system = settings.system_prompt
             for configuration in configurations:
-                model = configuration.overrides.get("model") or components.models.default.name
-                style = configuration.overrides.get("prompt") or next(
-                    m.prompt for m in components.models.models if m.name == model
-                )
+                model = configuration.overrides.get("model") or catalog.default.name
+                style = configuration.overrides.get("prompt") or catalog.by_id[model].prompt
                 row: dict[str, Any] = {
                     "config": configuration.name,
                     "overrides": configuration.overrides,
@@ -519,11 +525,6 @@ def _check(configuration: Configuration, known: Sequence[str], *, reranker: bool
         raise SystemExit(
             f"--config {configuration.name}: model {model!r} is not in the catalog "
             f"(LLM_MODELS): {', '.join(known)}"
-        )
-    if configuration.overrides.get("prompt") not in (None, "full", "compact"):
-        raise SystemExit(
-            f"--config {configuration.name}: prompt={configuration.overrides['prompt']!r}: "
-            "choose full or compact"
         )
     if configuration.overrides.get("rerank") and not reranker:
         raise SystemExit(
@@ -598,16 +599,11 @@ def _similarity(
     embeddings: Any, questions: Sequence[Question], answers: dict[str, Answered], compare: str
 ) -> dict[str, float]:
     """Cosine of each answer to the question's `compare` text (expected or bad answer)."""
-    import numpy as np
-
     pairs = [(q.id, answers[q.id].text, getattr(q, compare)) for q in questions
              if getattr(q, compare) and not answers[q.id].error]  # fmt: skip
     if not pairs:
         return {}
-    vectors = np.asarray(
-        embeddings.embed_documents([t for _, t, _ in pairs] + [a for *_, a in pairs])
-    )
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = unit_vectors(embeddings, [t for _, t, _ in pairs] + [a for *_, a in pairs])
     half = len(pairs)
     return {
         query_id: float(vectors[i] @ vectors[half + i]) for i, (query_id, *_) in enumerate(pairs)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from backend.cli.sources import batches, iter_documents
+from backend.services.feedback import KINDS as FEEDBACK_KINDS
 
 log = logging.getLogger("backend.cli")
 
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--out", type=Path, help="the NDJSON file (default: standard output)")
     export.add_argument("--hf-dataset", type=Path, help="write a Hugging Face dataset folder")
-    export.add_argument("--kinds", default="ratings,preferences,cases")
+    export.add_argument("--kinds", default=",".join(FEEDBACK_KINDS))
     export.add_argument("--since", help="only what was said since (ISO 8601, with zone)")
     export.add_argument(
         "--usernames", action="store_true", help="real usernames instead of pseudonyms"

@@ -52,6 +52,15 @@ def _numbers(metadata: dict[str, Any]) -> dict[str, Any]:
     return {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in metadata.items()}
 
 
+def unit_vectors(embeddings: Embeddings, texts: Sequence[str]) -> Any:
+    """The embedding model's vectors of `texts`, each scaled to length 1 (rows of a numpy
+    array: their dot products are cosines)."""
+    import numpy as np
+
+    vectors = np.asarray(embeddings.embed_documents(list(texts)))
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def metrics(ranked: Sequence[str], relevant: set[str]) -> dict[str, float]:
     gains = [1.0 if doc in relevant else 0.0 for doc in ranked]
     dcg = sum(g / math.log2(i + 2) for i, g in enumerate(gains[:10]))

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
-KIND_OF = {"rating": "ratings", "preference": "preferences", "case": "cases"}
+FILE_OF = {"rating": "ratings", "preference": "preferences", "case": "cases"}  # by type
 
 DATASET_CARD = """---
 configs:
@@ -61,13 +61,13 @@ async def write_dataset(records: AsyncIterator[dict[str, Any]], folder: Path) ->
     README.md; built beside `folder` and moved into place whole (replacing an earlier one)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter()  # by record type
     files: dict[str, IO[str]] = {}
     try:
         async for record in records:
-            kind = KIND_OF[record["type"]]
+            kind = record["type"]
             if kind not in files:
-                files[kind] = (building / f"{kind}.jsonl").open("w", encoding="utf-8")
+                files[kind] = (building / f"{FILE_OF[kind]}.jsonl").open("w", encoding="utf-8")
             files[kind].write(json.dumps(record, ensure_ascii=False) + "\n")
             counts[kind] += 1
         for out in files.values():
@@ -78,15 +78,14 @@ async def write_dataset(records: AsyncIterator[dict[str, Any]], folder: Path) ->
             out.close()
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return Counter({kind.rstrip("s"): n for kind, n in counts.items()})
+    return counts
 
 
 def _install(building: Path, folder: Path, counts: Counter[str]) -> None:
     """The dataset card written, then the folder built moved into place."""
-    configs = "\n".join(
-        f"- config_name: {kind}\n  data_files: {kind}.jsonl" for kind in sorted(counts)
-    )
-    shown = ", ".join(f"{counts[k]} {k}" for k in sorted(counts)) or "No records."
+    names = sorted(FILE_OF[kind] for kind in counts)
+    configs = "\n".join(f"- config_name: {name}\n  data_files: {name}.jsonl" for name in names)
+    shown = ", ".join(f"{counts[k]} {FILE_OF[k]}" for k in sorted(counts)) or "No records."
     (building / "README.md").write_text(
         DATASET_CARD.format(configs=configs or "[]", counts=shown), encoding="utf-8"
     )

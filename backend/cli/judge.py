@@ -22,6 +22,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from backend.cli.evaluation import unit_vectors
 from backend.llm import ChatModel
 from backend.llm.base import Delta
 
@@ -136,8 +137,5 @@ class Judge:
     def _similarity(self, question: str, questions: Sequence[str]) -> float:
         if not questions:
             return 0.0
-        import numpy as np
-
-        vectors = np.asarray(self.embeddings.embed_documents([question, *questions]))
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return float(np.mean(vectors[1:] @ vectors[0]))
+        vectors = unit_vectors(self.embeddings, [question, *questions])
+        return float((vectors[1:] @ vectors[0]).mean())

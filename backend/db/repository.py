@@ -347,8 +347,8 @@ async def conversations_with_feedback(
     *, session: AsyncSession, after: str | None = None, since: datetime | None = None, page: int
 ) -> Sequence[Conversation]:
     """Up to `page` conversations (by id, after `after`) with something to learn from: a
-    rated answer, a revision, or a question answered more than once; their users and
-    messages (with ratings) loaded. `since`: only those with such a thing that recent."""
+    rated answer, a revision, or a question answered more than once; their messages (with
+    ratings) loaded. `since`: only those with such a thing that recent."""
     answer = select(Message.conversation_id).where(Message.role == "assistant")
     rated = answer.join(Feedback, Feedback.message_id == Message.id)
     if since is not None:

@@ -160,15 +160,14 @@ def preferences(thread: _Thread, options: ExportOptions) -> Iterable[dict[str, A
                 if chosen is rejected:
                     continue
                 up, down = _rating(chosen), _rating(rejected)
-                revised = _revised_from(thread, chosen, rejected)
-                if up > down and (up > 0 or down < 0):
-                    reason = "rating"
-                elif (
-                    up == down == 0 and chosen.id in thread.kept and rejected.id not in thread.kept
-                ):
-                    reason = "revision" if revised is not None else "regeneration"
-                else:
+                replaced = chosen.id in thread.kept and rejected.id not in thread.kept
+                if not (up > down and (up > 0 or down < 0)) and not (up == down == 0 and replaced):
                     continue
+                revised = _revised_from(thread, chosen, rejected)
+                if up != down:
+                    reason = "rating"
+                else:
+                    reason = "revision" if revised is not None else "regeneration"
                 moments = [chosen.created_at, rejected.created_at] + [
                     m.feedback.created_at for m in (chosen, rejected) if m.feedback is not None
                 ]

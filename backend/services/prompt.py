@@ -98,6 +98,38 @@ def check_fits(
     return fixed
 
 
+def _pack_sources(
+    passages: Sequence[tuple[str, str | None]], room: int, count_tokens: Callable[[str], int]
+) -> tuple[str, int]:
+    """The numbered source blocks of `passages` that fit in `room` tokens, best first, and
+    how many they are."""
+    context, packed = "", 0
+    for text, title in passages:
+        block = _source_block(packed + 1, text, title)
+        need = count_tokens(block)
+        if need > room:
+            break
+        context, room, packed = context + block, room - need, packed + 1
+    return context, packed
+
+
+def _pack_history(
+    history: Sequence[BaseMessage], room: int, count_tokens: Callable[[str], int]
+) -> tuple[list[BaseMessage], int]:
+    """The newest messages of `history` that fit in `room` tokens (oldest first), and the
+    tokens they take."""
+    kept: list[BaseMessage] = []
+    used = 0
+    for message in reversed(history):
+        need = count_tokens(message.text) + PER_MESSAGE_OVERHEAD
+        if used + need > room:
+            break
+        kept.append(message)
+        used += need
+    kept.reverse()
+    return kept, used
+
+
 def build_prompt(
     *,
     system: str,
@@ -142,25 +174,12 @@ def build_prompt(
     context, packed = "", 0
     if passages:
         room = min(int(budget * context_share), budget - used) - count_tokens(CONTEXT_INSTRUCTION)
-        for text, title in passages:
-            block = _source_block(packed + 1, text, title)
-            need = count_tokens(block)
-            if need > room:
-                break
-            context += block
-            room -= need
-            packed += 1
+        context, packed = _pack_sources(passages, room, count_tokens)
         if packed:
             context = "\n\n" + CONTEXT_INSTRUCTION + context.rstrip()
             used += count_tokens(context)
-    kept: list[BaseMessage] = []
-    for message in reversed(history):
-        need = cost(message.text)
-        if used + need > budget:
-            break
-        kept.append(message)
-        used += need
-    kept.reverse()
+    kept, taken = _pack_history(history, budget - used, count_tokens)
+    used += taken
     messages = CHAT_PROMPT.format_messages(
         system=system + context, history=kept, question=question, revisions=revised
     )
@@ -230,14 +249,11 @@ def build_compact_prompt(
         system=system, question=asked, count_tokens=count_tokens, budget=budget,
         revision=revision,
     )  # fmt: skip
-    context, packed = "", 0
     room = min(int(budget * context_share), budget - used) - count_tokens("Sources:\n\n")
-    for text, title in passages[:COMPACT_SOURCES]:
-        block = _source_block(packed + 1, _cut(text, COMPACT_SOURCE_CHARS), title)
-        need = count_tokens(block)
-        if need > room:
-            break
-        context, room, packed = context + block, room - need, packed + 1
+    short = [
+        (_cut(text, COMPACT_SOURCE_CHARS), title) for text, title in passages[:COMPACT_SOURCES]
+    ]
+    context, packed = _pack_sources(short, room, count_tokens)
     if packed:
         asked = "Sources:\n\n" + context + asked
         used += count_tokens("Sources:\n\n" + context)
@@ -245,13 +261,8 @@ def build_compact_prompt(
         AIMessage(_cut(m.text, COMPACT_ANSWER_CHARS)) if m.type == "ai" else m
         for m in history[-COMPACT_HISTORY_MESSAGES:]
     ]
-    kept: list[BaseMessage] = []
-    for message in reversed(recent):
-        need = count_tokens(message.text) + PER_MESSAGE_OVERHEAD
-        if used + need > budget:
-            break
-        kept.insert(0, message)
-        used += need
+    kept, taken = _pack_history(recent, budget - used, count_tokens)
+    used += taken
     messages = CHAT_PROMPT.format_messages(
         system=system, history=kept, question=asked, revisions=revision
     )
