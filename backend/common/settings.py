@@ -198,8 +198,24 @@ class Settings(BaseSettings):
     )
 
     # --- retrieval ---------------------------------------------------------------------------
-    vector_store: Literal["embedded", "pinecone"] | None = Field(
-        None, description="`pinecone` when PINECONE_API_KEY is set, else `embedded`."
+    vector_store: Literal["embedded", "pinecone", "postgres"] | None = Field(
+        None,
+        description="`pinecone` when PINECONE_API_KEY is set, else `embedded`; `postgres` "
+        "keeps vectors in PostgreSQL with pgvector (VECTOR_DATABASE_URL, else DATABASE_URL).",
+    )
+    vector_database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL of the pgvector store (VECTOR_STORE=postgres); default: "
+        "DATABASE_URL.",
+    )
+    pgvector_exact_limit: int = Field(
+        20_000,
+        ge=0,
+        description="Below this many candidates (namespace and filter) pgvector searches "
+        "exactly; above it through its HNSW index.",
+    )
+    pgvector_ef_search: int = Field(
+        200, ge=10, le=1000, description="HNSW candidate list size of the pgvector store."
     )
     pinecone_api_key: SecretStr | None = Field(None, description="Pinecone API key.")
     pinecone_index: str | None = Field(
@@ -407,6 +423,10 @@ class Settings(BaseSettings):
                 "VECTOR_STORE=pinecone needs PINECONE_API_KEY and PINECONE_INDEX "
                 "(or PINECONE_HOST)."
             )
+        if self.resolved_vector_store == "postgres" and not self.resolved_vector_database_url:
+            raise ValueError(
+                "VECTOR_STORE=postgres needs a PostgreSQL VECTOR_DATABASE_URL or DATABASE_URL."
+            )
         return self
 
     @property
@@ -438,6 +458,17 @@ class Settings(BaseSettings):
         if self.vector_store:
             return self.vector_store
         return "pinecone" if self.pinecone_api_key else "embedded"
+
+    @property
+    def resolved_vector_database_url(self) -> str | None:
+        """The pgvector store's PostgreSQL URL (asyncpg's form: `postgresql://...`), if any."""
+        url = reveal(self.vector_database_url) or reveal(self.database_url)
+        if not url:
+            return None
+        for prefix in ("postgres://", "postgresql://", "postgresql+asyncpg://"):
+            if url.startswith(prefix):
+                return "postgresql://" + url[len(prefix) :]
+        return None
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from backend.common.migrations import upgrade
 from backend.common.settings import async_driver_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -44,25 +42,6 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _alembic_config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = connection
-    return config
-
-
-def _upgrade(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Several replicas may start at once: one migrates, the others wait for it.
-        connection.execute(text("SELECT pg_advisory_xact_lock(7270301)"))
-    command.upgrade(_alembic_config(connection), "head")
-
-
-# Alembic keeps its running context in module globals: one migration at a time per process.
-_MIGRATION_LOCK = asyncio.Lock()
-
-
 async def migrate(engine: AsyncEngine) -> None:
     """Apply every pending Alembic migration (run at start-up)."""
-    async with _MIGRATION_LOCK, engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    await upgrade(engine, MIGRATIONS_DIR, lock_id=7270301)

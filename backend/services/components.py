@@ -68,8 +68,19 @@ class Components:
         await self.engine.dispose()
 
 
-def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
+async def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
     match settings.resolved_vector_store:
+        case "postgres":
+            from backend.retrieval.postgres_store import PostgresVectorStore
+
+            url = settings.resolved_vector_database_url
+            assert url is not None  # the settings refuse postgres without one
+            return await PostgresVectorStore(
+                url,
+                dimension=dimension,
+                exact_limit=settings.pgvector_exact_limit,
+                ef_search=settings.pgvector_ef_search,
+            ).open()
         case "pinecone":
             from backend.retrieval.pinecone_store import PineconeVectorStore
 
@@ -120,7 +131,7 @@ async def build_documents(
         from backend.retrieval.rerank import Reranker
 
         reranker = Reranker.load(settings.reranker_model, candidates=settings.rerank_candidates)
-    store = store or build_vector_store(settings, dimension)
+    store = store or await build_vector_store(settings, dimension)
     retriever = HybridRetriever(
         embeddings=embeddings,
         encoder=BM25Encoder(k1=settings.bm25_k1, b=settings.bm25_b),

@@ -1,5 +1,6 @@
 """The metadata filter language: validation errors name the path; the embedded store's
-index-based evaluation agrees with the reference semantics on random filters."""
+index-based evaluation and the pgvector store's SQL agree with the reference semantics on
+random filters."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from backend.retrieval.embedded import _Namespace
 from backend.retrieval.filters import FilterError, matches, validate_filter
+from backend.retrieval.postgres_store import PostgresVectorStore
 from backend.retrieval.store import Record
 
 
@@ -114,3 +116,27 @@ def test_the_embedded_index_agrees_with_the_reference_on_random_filters() -> Non
         got = {int(space.ids[row][1:]) for row in space.mask(filter_).nonzero()[0]}
         want = {i for i in alive if matches(filter_, metadata[i])}
         assert got == want, filter_
+
+
+async def test_the_sql_filters_agree_with_the_reference_on_random_filters(
+    pgvector_url: str,
+) -> None:
+    rng = random.Random(20261202)
+    metadata = [_random_metadata(rng) for _ in range(300)]
+    store = await PostgresVectorStore(pgvector_url, dimension=2).open()
+    try:
+        await store.upsert(
+            [Record(f"r{i:03}", [0.0, 1.0], None, m) for i, m in enumerate(metadata)],
+            namespace="ns",
+        )
+        await store.delete([f"r{i:03}" for i in range(0, 300, 7)], namespace="ns")
+        alive = [i for i in range(300) if i % 7]
+        for _ in range(2000):
+            filter_ = validate_filter(_random_filter(rng))
+            hits = await store.query(
+                namespace="ns", vector=None, sparse=None, top_k=300, filter_=filter_
+            )
+            want = [f"r{i:03}" for i in alive if matches(filter_, metadata[i])]
+            assert [m.id for m in hits] == want, filter_
+    finally:
+        await store.close()

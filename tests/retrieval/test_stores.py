@@ -1,5 +1,6 @@
-"""One suite, every vector store: the embedded store (in memory and on disk) and the
-Pinecone adapter on the real SDK against a loopback Pinecone data-plane server."""
+"""One suite, every vector store: the embedded store (in memory and on disk), the Pinecone
+adapter on the real SDK against a loopback Pinecone data-plane server, and the pgvector
+store on a real PostgreSQL with pgvector (with its exact scan, and with its HNSW path)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.embedded import EmbeddedVectorStore
 from backend.retrieval.filters import FilterError, matches
 from backend.retrieval.pinecone_store import PineconeVectorStore, batches
+from backend.retrieval.postgres_store import PostgresVectorStore
 from backend.retrieval.store import Record, VectorStore
 from tests.helpers import live_server
 from tests.pinecone_server import pinecone_app, reference_scores
@@ -228,9 +230,58 @@ class TestPineconeAdapter(StoreContract):
             PineconeVectorStore(api_key="k", dimension=384, host=server.url).check()
 
 
-async def test_every_store_ranks_alike(tmp_path: Path) -> None:
-    """Both embedded stores and Pinecone's client (against the brute-force fake) return the
-    same ids with the same scores."""
+class TestPostgresExact(StoreContract):
+    @pytest.fixture
+    async def store(self, pgvector_url: str) -> AsyncIterator[VectorStore]:
+        store = await PostgresVectorStore(pgvector_url, dimension=DIM).open()
+        yield store
+        await store.close()
+
+    async def test_an_unknown_operator_is_refused_not_guessed(self, store: VectorStore) -> None:
+        await store.upsert(corpus(3), namespace="ns")
+        with pytest.raises(FilterError, match=r"filter\.year: unknown operator '\$lt_e'"):
+            await store.query(
+                namespace="ns", vector=None, sparse=None, top_k=5, filter_={"year": {"$lt_e": 1}}
+            )
+
+    async def test_a_store_of_another_dimension_is_refused(self, pgvector_url: str) -> None:
+        first = await PostgresVectorStore(pgvector_url, dimension=DIM).open()
+        await first.close()
+        with pytest.raises(
+            RuntimeError, match="holds 8-d vectors but the embedding model makes 16-d"
+        ):
+            await PostgresVectorStore(pgvector_url, dimension=16).open()
+
+    async def test_field_names_and_values_are_parameters_not_sql(self, store: VectorStore) -> None:
+        hostile = "x') OR TRUE; DROP TABLE vector_records; --"
+        records = corpus(6)
+        records[0].metadata[hostile] = hostile
+        await store.upsert(records, namespace="ns")
+        hits = await store.query(
+            namespace="ns",
+            vector=records[3].values,
+            sparse=None,
+            top_k=10,
+            filter_={hostile: hostile},
+        )
+        assert [m.id for m in hits] == [records[0].id]
+        assert await store.count(namespace="ns") == 6
+
+
+class TestPostgresIndexed(StoreContract):
+    """Every query through the HNSW index (no exact scan): on these small sets its candidate
+    pool holds every record, so the ranking must still be exact."""
+
+    @pytest.fixture
+    async def store(self, pgvector_url: str) -> AsyncIterator[VectorStore]:
+        store = await PostgresVectorStore(pgvector_url, dimension=DIM, exact_limit=0).open()
+        yield store
+        await store.close()
+
+
+async def test_every_store_ranks_alike(tmp_path: Path, pgvector_url: str) -> None:
+    """Both embedded stores, Pinecone's client (against the brute-force fake) and pgvector
+    return the same ids with the same scores."""
     records = corpus(90, seed=3)
     sparse = SparseVector([2, 5, 9, 17, 33], [0.7, 1.1, 0.3, 2.2, 0.9])
     with live_server(pinecone_app(DIM)) as server:
@@ -238,6 +289,8 @@ async def test_every_store_ranks_alike(tmp_path: Path) -> None:
             EmbeddedVectorStore(None, dimension=DIM),
             EmbeddedVectorStore(tmp_path / "v.sqlite3", dimension=DIM),
             PineconeVectorStore(api_key="k", dimension=DIM, host=server.url),
+            await PostgresVectorStore(pgvector_url, dimension=DIM).open(),
+            await PostgresVectorStore(pgvector_url, dimension=DIM, exact_limit=0).open(),
         ]
         rankings = []
         for store in stores:
@@ -251,4 +304,4 @@ async def test_every_store_ranks_alike(tmp_path: Path) -> None:
             )
             rankings.append([(m.id, round(m.score, 5)) for m in result])
             await store.close()
-    assert rankings[0] == rankings[1] == rankings[2]
+    assert all(ranking == rankings[0] for ranking in rankings), rankings
