@@ -1,9 +1,12 @@
 """Ingestion rate against the embedding model's own, on the same chunks, in one run:
 the model alone (every chunk's encoder text in one `embed_documents` call), the
 single-process ingester (`DocumentService.ingest_batches`: embedding overlapped with
-storing), and, with Ray installed, the bulk pipeline on 1 and 2 workers.
+storing), and, with Ray installed, the bulk pipeline on 1 and 2 workers; `--store
+embedded,postgres` adds the single-process ingester into pgvector (the HNSW index grown
+record by record, as the API does).
 
     .venv/bin/python -m bench.ingest_rate DIR [--documents 1000] [--batch-size 64] [--ray 1,2]
+        [--store embedded,postgres]
 
 DIR is a BEIR-layout corpus (corpus.jsonl), e.g. the one `bench.abstracts_set` writes.
 """
@@ -15,6 +18,7 @@ import asyncio
 import os
 import tempfile
 import time
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +37,27 @@ from backend.services.ingestion import NewDocument, contextual_texts
 
 
 async def ingest(
-    settings: Settings, documents: list[NewDocument], batch_size: int, embeddings: Any, ray: int
+    settings: Settings,
+    documents: list[NewDocument],
+    batch_size: int,
+    embeddings: Any,
+    ray: int,
+    pgvector: str | None = None,
 ) -> tuple[int, float]:
-    """Chunks stored and seconds, into a fresh store."""
-    with tempfile.TemporaryDirectory(prefix="ragstream-bench-") as tmp:
-        run = settings.model_copy(
-            update={
-                "data_dir": Path(tmp),
-                "database_url": SecretStr(f"sqlite+aiosqlite:///{tmp}/bench.db"),
-            }
-        )
+    """Chunks stored and seconds, into a fresh store (the embedded one, or a fresh
+    pgvector database on the server `pgvector`, which then holds the documents too)."""
+    async with AsyncExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ragstream-bench-"))
+        update: dict[str, Any] = {
+            "data_dir": Path(tmp),
+            "database_url": SecretStr(f"sqlite+aiosqlite:///{tmp}/bench.db"),
+        }
+        if pgvector:
+            from bench.pgvector import fresh_database
+
+            url = await stack.enter_async_context(fresh_database(pgvector))
+            update |= {"database_url": SecretStr(url), "vector_store": "postgres"}
+        run = settings.model_copy(update=update)
         engine = await open_database(run)
         sessions = session_factory(engine)
         async with sessions() as session:
@@ -78,6 +93,11 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--ray", default="1,2", help="Ray worker counts ('' for none)")
+    parser.add_argument(
+        "--store",
+        default="embedded",
+        help="comma-separated: embedded, postgres (pgvector: PGVECTOR_URL or a pgserver)",
+    )
     args = parser.parse_args()
 
     settings = Settings(_env_file=None, vector_store="embedded", pinecone_api_key=None)
@@ -96,17 +116,27 @@ def main() -> None:
     model = len(texts) / (time.perf_counter() - started)
     print(f"{len(documents)} documents, {len(texts)} chunks, {os.cpu_count()} cores")
     print(f"{'embedding model alone':<34} {model:7.1f} chunks/s")
-    runs = [("single-process ingester", 0)]
+    runs: list[tuple[str, int, str | None]] = [("single-process ingester", 0, None)]
     runs += [
-        (f"Ray, {n} worker{'s' if n > 1 else ''}", n)
+        (f"Ray, {n} worker{'s' if n > 1 else ''}", n, None)
         for n in map(int, filter(None, args.ray.split(",")))
     ]
-    for name, ray in runs:
-        chunks, seconds = asyncio.run(
-            ingest(settings, documents, args.batch_size, None if ray else embeddings, ray)
-        )
-        rate = chunks / seconds
-        print(f"{name:<34} {rate:7.1f} chunks/s  ({rate / model:.0%} of the model alone)")
+    with ExitStack() as stack:
+        if "postgres" in args.store.split(","):
+            from bench.pgvector import pgvector_server
+
+            server = stack.enter_context(pgvector_server())
+            runs.append(("single-process ingester, pgvector", 0, server))
+        if "embedded" not in args.store.split(","):
+            runs = [run for run in runs if run[2]]
+        for name, ray, pgvector in runs:
+            chunks, seconds = asyncio.run(
+                ingest(
+                    settings, documents, args.batch_size, None if ray else embeddings, ray, pgvector
+                )
+            )
+            rate = chunks / seconds
+            print(f"{name:<34} {rate:7.1f} chunks/s  ({rate / model:.0%} of the model alone)")
 
 
 if __name__ == "__main__":

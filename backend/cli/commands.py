@@ -7,6 +7,8 @@ eval:   a BEIR-layout dataset (corpus.jsonl, queries.jsonl, qrels/*.tsv) through
         ingestion and search path: nDCG@10, recall@10, recall@100 and MRR for keyword-only,
         dense-only and hybrid search at several alphas, grouped by document and not, with
         and without contextual chunk text, plus timings. `--split dev` for tuning.
+copy-vectors: `copy-vectors embedded postgres` (or back) copies the vector store's records
+        with their vectors, without re-embedding (VECTOR_STORE=postgres afterwards).
 users:  accounts, for operators (with REGISTRATION=closed, the only way in): `users add
         NAME [--admin] [--password-stdin]`, `users disable NAME`, `users list`. Only this
         command grants the admin flag (no per-user limits).
@@ -195,6 +197,29 @@ async def _export_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- copy-vectors ---------------------------------------------------------------------------
+async def _copy_vectors(args: argparse.Namespace) -> int:
+    from backend.cli.vectors import CopyError, Stores, copy_vectors
+    from backend.common.settings import settings_or_exit
+
+    settings = settings_or_exit()
+    stores = Stores(
+        embedded=args.embedded or settings.data_dir / "vectors.sqlite3",
+        postgres=args.postgres or settings.resolved_vector_database_url,
+    )
+    try:
+        copied = await copy_vectors(args.source, args.target, stores, quiet=args.quiet)
+    except CopyError as exc:
+        print(f"copy-vectors: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"copied {copied.records} records in {len(copied.namespaces)} namespaces from the "
+        f"{args.source} store to the {args.target} store",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # --- users ----------------------------------------------------------------------------------
 async def _users(args: argparse.Namespace) -> int:
     import secrets
@@ -337,6 +362,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--usernames", action="store_true", help="real usernames instead of pseudonyms"
     )
 
+    copy = commands.add_parser(
+        "copy-vectors", help="copy the embedded store into PostgreSQL (pgvector) or back"
+    )
+    copy.add_argument("source", choices=["embedded", "postgres"])
+    copy.add_argument("target", choices=["embedded", "postgres"])
+    copy.add_argument(
+        "--embedded",
+        type=Path,
+        help="the embedded store's file (default: DATA_DIR/vectors.sqlite3)",
+    )
+    copy.add_argument(
+        "--postgres", help="PostgreSQL URL (default: VECTOR_DATABASE_URL, else DATABASE_URL)"
+    )
+    copy.add_argument("--quiet", action="store_true")
+
     users = commands.add_parser("users", help="add, disable or list accounts")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create an account (or make an existing one admin)")
@@ -353,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _eval,
         "eval-answers": _eval_answers,
         "export-feedback": _export_feedback,
+        "copy-vectors": _copy_vectors,
         "users": _users,
     }
     return asyncio.run(runners[args.command](args))

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.filters import Filter, FilterError
-from backend.retrieval.store import Match, Record, rank
+from backend.retrieval.store import DimensionMismatch, Match, Record, rank
 
 CHANGES_KEPT_SECONDS = 3600.0  # a process that looks less often reads everything again
 
@@ -286,10 +286,7 @@ class EmbeddedVectorStore:
     def _record(self, record_id: str, dense: bytes, sparse: str | None, metadata: str) -> Record:
         values = np.frombuffer(dense, dtype=np.float32)
         if values.size != self.dimension:
-            raise RuntimeError(
-                f"{self.path} holds {values.size}-d vectors but the embedding model makes "
-                f"{self.dimension}-d ones; use another DATA_DIR or re-ingest"
-            )
+            raise DimensionMismatch(str(self.path), values.size, self.dimension)
         sparse_vector = SparseVector(**json.loads(sparse)) if sparse else None
         return Record(record_id, values.tolist(), sparse_vector, json.loads(metadata))
 
@@ -462,6 +459,38 @@ class EmbeddedVectorStore:
         with self._lock:
             self._catch_up()
         return sorted(name for name, space in self._namespaces.items() if space.live)
+
+    # --- copying between stores ----------------------------------------------------------
+    @staticmethod
+    def stored_dimension(path: Path) -> int | None:
+        """The dimension of the vectors in the file at `path` (None: no file, or empty)."""
+        if not path.exists():
+            return None
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("SELECT length(dense) FROM records LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # no table yet
+            return None
+        finally:
+            db.close()
+        return row[0] // 4 if row else None
+
+    async def records(self, namespace: str, *, batch: int = 1000) -> AsyncIterator[list[Record]]:
+        """Every record of `namespace` as stored (vectors too), `batch` at a time, by id."""
+        if self._db is None:
+            raise RuntimeError("an in-memory store has no records to copy")
+        after = ""
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, dense, sparse, metadata FROM records WHERE namespace = ? "
+                    "AND id > ? ORDER BY id LIMIT ?",
+                    (namespace, after, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield [self._record(*row) for row in rows]
+            after = rows[-1][0]
 
     async def close(self) -> None:
         with self._lock:

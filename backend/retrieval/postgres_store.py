@@ -2,19 +2,18 @@
 share one store in the database they already share.
 
 Tables (backend/retrieval/pg_migrations): `vector_records` (namespace, id, dense `vector`,
-metadata `jsonb`) and `vector_terms`, the keyword side as postings (namespace, token,
-record, BM25 weight). Postings rather than a `sparsevec` column: our token ids are 32-bit
-hashes and sparsevec's indices stop at 10^9 (folding them would merge tokens and change
-scores), and a keyword top-k needs an inverted index, which sparsevec lacks.
+BM25 weights as `sparsevec`, metadata `jsonb`); `vector_vocabulary`, which numbers our
+32-bit token ids for sparsevec (its indices stop at 10^9; folding ids would merge tokens
+and change scores); `vector_postings` (namespace, token, weight, record), ordered by weight.
 
 A query ranks by `dense · vector + sparse · sparse_vector` like every store:
-- exactly, when the candidates (the namespace under the filter) are at most `exact_limit`
-  (a sequential or filtered scan, exact for any filter however selective), or when there is
-  no dense side (the postings are an exact keyword index);
-- otherwise the HNSW index's nearest `pool` by the dense side (iterative index scans for
-  filtered queries, so a filter never leaves it short) joined with the exact keyword
-  top `pool`, and those candidates scored exactly. bench/pgvector_recall.py measures how
-  close that comes to the exact ranking.
+- exactly, when the candidates (the namespace under the filter) are at most `exact_limit`:
+  one scan scoring both sides in pgvector's C code, exact for any filter however
+  selective (the filter's `jsonb` index narrows the scan);
+- otherwise from candidates scored exactly: the HNSW index's nearest `pool` by the dense
+  side (iterative index scans, so a filter never leaves it short) and, per query term, the
+  `pool` records of highest weight (impact-ordered postings). bench.retrieval_latency
+  measures how close that comes to the exact ranking (recall@10).
 
 Filters compile to a parameterised predicate over `jsonb` (values and field names are
 parameters, never SQL text): `@>` containment for equality (a list field contains its
@@ -29,17 +28,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
+from pgvector import SparseVector as PgSparseVector
 from pgvector.asyncpg import register_vector
 
 from backend.common.migrations import upgrade
 from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.filters import Filter, FilterError
-from backend.retrieval.store import Match, Record, rank
+from backend.retrieval.store import DimensionMismatch, Match, Record, rank
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,20 @@ MIN_PGVECTOR = (0, 7)
 ITERATIVE_SCANS = (0, 8)
 SIZE_SECONDS = 2.0  # how long a namespace's size is trusted when choosing exact or HNSW
 COPY_BATCH = 1000
+SPARSE_DIMENSIONS = 1_000_000_000  # sparsevec's largest
+BUILD_MEMORY = "1GB"  # maintenance_work_mem of an index build: the graph fits, no spilling
+ANALYZE_AFTER = 10_000  # records written by this process before the planner's statistics
+
+
+# The dense side's index (the migration creates it; `bulk()` rebuilds it).
+DENSE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS vector_records_dense ON vector_records "
+    "USING hnsw (dense vector_ip_ops) WITH (m = 16, ef_construction = 64)"
+)
+DIMENSION_SQL = (
+    "SELECT atttypmod FROM pg_attribute "
+    "WHERE attrelid = 'vector_records'::regclass AND attname = 'dense'"
+)
 
 
 class VectorStoreUnavailable(RuntimeError):
@@ -148,6 +163,8 @@ class PostgresVectorStore:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._sizes: dict[str, tuple[float, int]] = {}
+        self._vocabulary: dict[int, int] = {}  # token id -> sparsevec index (never changes)
+        self._unanalysed = 0
         self.pgvector_version = ""
 
     @property
@@ -218,16 +235,21 @@ class PostgresVectorStore:
             await engine.dispose()
 
     async def _check_dimension(self) -> None:
-        held = await self.pool.fetchval(
-            "SELECT atttypmod FROM pg_attribute "
-            "WHERE attrelid = 'vector_records'::regclass AND attname = 'dense'"
-        )
+        held = await self.pool.fetchval(DIMENSION_SQL)
         if held != self.dimension:
             await self.close()
-            raise RuntimeError(
-                f"{self.where} holds {held}-d vectors but the embedding model makes "
-                f"{self.dimension}-d ones; use another database or re-ingest"
-            )
+            raise DimensionMismatch(self.where, held, self.dimension)
+
+    @staticmethod
+    async def stored_dimension(url: str) -> int | None:
+        """The dimension of the store's vectors at `url` (None: no store there yet)."""
+        connection = await asyncpg.connect(url)
+        try:
+            if not await connection.fetchval("SELECT to_regclass('vector_records') IS NOT NULL"):
+                return None
+            return int(await connection.fetchval(DIMENSION_SQL))
+        finally:
+            await connection.close()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -236,6 +258,32 @@ class PostgresVectorStore:
         return self._pool
 
     # --- writes ------------------------------------------------------------------------------
+    async def _indices(self, tokens: set[int], *, add: bool) -> dict[int, int]:
+        """The vocabulary's index of each token (numbered on first sight when `add`)."""
+        missing = sorted(t for t in tokens if t not in self._vocabulary)
+        if missing:
+            if add:  # its own short transaction: no lock held with the records' writes
+                await self.pool.execute(
+                    "INSERT INTO vector_vocabulary (token) SELECT unnest($1::bigint[]) "
+                    "ON CONFLICT DO NOTHING",
+                    missing,
+                )
+            rows = await self.pool.fetch(
+                "SELECT token, idx FROM vector_vocabulary WHERE token = ANY($1::bigint[])", missing
+            )
+            self._vocabulary.update((row["token"], row["idx"]) for row in rows)
+        return {t: self._vocabulary[t] for t in tokens if t in self._vocabulary}
+
+    def _sparsevec(self, sparse: SparseVector | None, indices: dict[int, int]) -> Any:
+        if sparse is None:
+            return None
+        weights = {
+            indices[t]: float(w)
+            for t, w in zip(sparse.indices, sparse.values, strict=True)
+            if t in indices
+        }
+        return PgSparseVector(weights, SPARSE_DIMENSIONS) if weights else None
+
     async def upsert(self, records: Sequence[Record], *, namespace: str) -> None:
         latest: dict[str, Record] = {}
         for record in records:
@@ -247,15 +295,23 @@ class PostgresVectorStore:
             latest[record.id] = record  # the last of an id wins, as in every store
         if not latest:
             return
+        tokens = {int(t) for r in latest.values() if r.sparse for t in r.sparse.indices}
+        indices = await self._indices(tokens, add=True)
         rows = [
-            (namespace, r.id, np.asarray(r.values, dtype=np.float32), json.dumps(r.metadata))
+            (
+                namespace,
+                r.id,
+                np.asarray(r.values, dtype=np.float32),
+                self._sparsevec(r.sparse, indices),
+                json.dumps(r.metadata),
+            )
             for r in latest.values()
         ]
-        terms = [
-            (namespace, int(token), r.id, float(weight))
+        postings = [
+            (namespace, indices[int(t)], float(w), r.id)
             for r in latest.values()
             if r.sparse is not None
-            for token, weight in zip(r.sparse.indices, r.sparse.values, strict=True)
+            for t, w in zip(r.sparse.indices, r.sparse.values, strict=True)
         ]
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_of(namespace))
@@ -265,13 +321,41 @@ class PostgresVectorStore:
                 list(latest),
             )
             await connection.copy_records_to_table(
-                "vector_records", records=rows, columns=["namespace", "id", "dense", "metadata"]
+                "vector_records",
+                records=rows,
+                columns=["namespace", "id", "dense", "sparse", "metadata"],
             )
-            if terms:
+            if postings:
                 await connection.copy_records_to_table(
-                    "vector_terms", records=terms, columns=["namespace", "token", "id", "weight"]
+                    "vector_postings",
+                    records=postings,
+                    columns=["namespace", "idx", "weight", "id"],
                 )
+        await self._written(namespace, len(latest))
+
+    @asynccontextmanager
+    async def bulk(self) -> AsyncIterator[None]:
+        """Many writes at once (a copy, a benchmark's corpus): the HNSW index is dropped
+        while they go in and built once afterwards, as pgvector advises (several times
+        faster than growing it record by record). Searches stay right meanwhile: without
+        the index they are exact scans."""
+        await self.pool.execute("DROP INDEX IF EXISTS vector_records_dense")
+        try:
+            yield
+        finally:
+            async with self.pool.acquire() as connection:
+                await connection.execute(f"SET maintenance_work_mem = '{BUILD_MEMORY}'")
+                await connection.execute(DENSE_INDEX)
+                await connection.execute("RESET maintenance_work_mem")
+                await connection.execute("ANALYZE vector_records, vector_postings")
+
+    async def _written(self, namespace: str, count: int) -> None:
+        """After large writes, fresh planner statistics (autovacuum would come later)."""
         self._sizes.pop(namespace, None)
+        self._unanalysed += count
+        if self._unanalysed >= ANALYZE_AFTER:
+            self._unanalysed = 0
+            await self.pool.execute("ANALYZE vector_records, vector_postings")
 
     async def delete(self, ids: Sequence[str], *, namespace: str) -> None:
         async with self.pool.acquire() as connection, connection.transaction():
@@ -281,7 +365,7 @@ class PostgresVectorStore:
                 namespace,
                 list(ids),
             )
-        self._sizes.pop(namespace, None)
+        await self._written(namespace, len(ids))
 
     # --- reads -------------------------------------------------------------------------------
     async def count(self, *, namespace: str) -> int:
@@ -339,81 +423,64 @@ class PostgresVectorStore:
             return []
         params = _Params(namespace)
         where = compile_filter(filter_, params)  # unknown operators fail before any I/O
-        has_terms = sparse is not None and bool(sparse.indices)
-        keyword = ""
-        if has_terms:
-            assert sparse is not None
-            tokens = params.add([int(t) for t in sparse.indices])
-            weights = params.add([float(w) for w in sparse.values])
-            keyword = (
-                "sp AS (SELECT t.id, sum(t.weight * q.w) AS s FROM vector_terms t "
-                f"JOIN unnest({tokens}::bigint[], {weights}::float8[]) AS q(token, w) "
-                "ON t.token = q.token WHERE t.namespace = $1 GROUP BY t.id)"
-            )
-        if vector is None:
-            return await self._keyword_only(namespace, filter_, params, where, keyword, top_k)
+        indices = await self._indices({int(t) for t in sparse.indices}, add=False) if sparse else {}
+        keyword = self._sparsevec(sparse, indices)
+        sides = []
+        if vector is not None:
+            dense = params.add(np.asarray(vector, dtype=np.float32))
+            sides.append(f"-(r.dense <#> {dense})")
+        if keyword is not None:
+            sides.append(f"-coalesce(r.sparse <#> {params.add(keyword)}, 0)")
+        score = " + ".join(sides) or "0.0::float8"
         limit = params.add(top_k)
-        dense = params.add(np.asarray(vector, dtype=np.float32))
-        score = f"-(r.dense <#> {dense})" + (" + coalesce(sp.s, 0)" if has_terms else "")
-        join = " LEFT JOIN sp ON sp.id = r.id" if has_terms else ""
         if await self._exact(namespace, filter_):
             sql = (
-                (f"WITH {keyword} " if has_terms else "")
-                + f"SELECT r.id, {score} AS score, r.metadata FROM vector_records r{join} "
+                f"SELECT r.id, {score} AS score, r.metadata FROM vector_records r "
                 f"WHERE r.namespace = $1 AND {where} ORDER BY score DESC, r.id LIMIT {limit}"
             )
-        else:
-            pool = params.add(min(max(2 * top_k, 100), 1000))
-            ctes = [
-                "d AS MATERIALIZED (SELECT r.id FROM vector_records r "
-                f"WHERE r.namespace = $1 AND {where} ORDER BY r.dense <#> {dense} LIMIT {pool})"
-            ]
-            union = "SELECT id FROM d"
-            if has_terms:
-                ctes += [
-                    keyword,
-                    "k AS (SELECT sp.id FROM sp JOIN vector_records r ON r.namespace = $1 "
-                    f"AND r.id = sp.id WHERE {where} ORDER BY sp.s DESC, sp.id LIMIT {pool})",
-                ]
-                union += " UNION SELECT id FROM k"
-            ctes.append(f"c AS ({union})")
+            return [_match(row) for row in await self.pool.fetch(sql, *params.values)]
+        pool = params.add(min(max(2 * top_k, 100), 1000))
+        candidates = []
+        if vector is not None:
+            candidates.append(
+                f"(SELECT r.id FROM vector_records r WHERE r.namespace = $1 AND {where} "
+                f"ORDER BY r.dense <#> {dense} LIMIT {pool})"
+            )
+        if keyword is not None:
+            terms = params.add(sorted(set(indices.values())))
+            candidates.append(
+                f"(SELECT p.id FROM unnest({terms}::int[]) AS q(idx) CROSS JOIN LATERAL "
+                "(SELECT p.id FROM vector_postings p WHERE p.namespace = $1 AND p.idx = q.idx "
+                f"ORDER BY p.weight DESC LIMIT {pool}) AS p)"
+            )
+        rows = []
+        if candidates:
             sql = (
-                f"WITH {', '.join(ctes)} SELECT r.id, {score} AS score, r.metadata FROM c "
-                f"JOIN vector_records r ON r.namespace = $1 AND r.id = c.id{join} "
+                f"WITH c AS MATERIALIZED (SELECT DISTINCT id FROM "
+                f"({' UNION ALL '.join(candidates)}) AS u(id)) "
+                f"SELECT r.id, {score} AS score, r.metadata FROM c JOIN vector_records r "
+                f"ON r.namespace = $1 AND r.id = c.id WHERE {where} "
                 f"ORDER BY score DESC, r.id LIMIT {limit}"
             )
-        rows = await self.pool.fetch(sql, *params.values)
-        return [_match(row) for row in rows]
+            rows = await self.pool.fetch(sql, *params.values)
+        matches = [_match(row) for row in rows]
+        if len(matches) < top_k and vector is None:
+            matches += await self._unscored(namespace, filter_, [m.id for m in matches], top_k)
+        return rank(matches, top_k)
 
-    async def _keyword_only(
-        self,
-        namespace: str,
-        filter_: Filter | None,
-        params: _Params,
-        where: str,
-        keyword: str,
-        top_k: int,
+    async def _unscored(
+        self, namespace: str, filter_: Filter | None, scored: list[str], top_k: int
     ) -> list[Match]:
-        """Exact from the postings; records without a query term follow at 0 by id, as the
-        other stores rank them."""
-        rows: list[Any] = []
-        if keyword:
-            limit = params.add(top_k)
-            rows = await self.pool.fetch(
-                f"WITH {keyword} SELECT r.id, sp.s AS score, r.metadata FROM sp "
-                f"JOIN vector_records r ON r.namespace = $1 AND r.id = sp.id "
-                f"WHERE {where} ORDER BY score DESC, r.id LIMIT {limit}",
-                *params.values,
-            )
-        if len(rows) < top_k:
-            rest = _Params(namespace, [row["id"] for row in rows], top_k - len(rows))
-            rows += await self.pool.fetch(
-                "SELECT r.id, 0.0::float8 AS score, r.metadata FROM vector_records r "
-                f"WHERE r.namespace = $1 AND {compile_filter(filter_, rest)} "
-                "AND NOT (r.id = ANY($2::text[])) ORDER BY r.id LIMIT $3",
-                *rest.values,
-            )
-        return rank([_match(row) for row in rows], top_k)
+        """Records without a query term, at 0 by id, after the scored ones (as every store
+        ranks a keyword-only query)."""
+        params = _Params(namespace, scored, top_k - len(scored))
+        rows = await self.pool.fetch(
+            "SELECT r.id, 0.0::float8 AS score, r.metadata FROM vector_records r "
+            f"WHERE r.namespace = $1 AND {compile_filter(filter_, params)} "
+            "AND NOT (r.id = ANY($2::text[])) ORDER BY r.id LIMIT $3",
+            *params.values,
+        )
+        return [_match(row) for row in rows]
 
     # --- copying between stores ------------------------------------------------------------------
     async def records(
@@ -424,11 +491,14 @@ class PostgresVectorStore:
         while True:
             rows = await self.pool.fetch(
                 "SELECT r.id, r.dense, r.metadata, "
-                "(SELECT array_agg(t.token ORDER BY t.token) FROM vector_terms t "
-                " WHERE t.namespace = r.namespace AND t.id = r.id) AS tokens, "
-                "(SELECT array_agg(t.weight ORDER BY t.token) FROM vector_terms t "
-                " WHERE t.namespace = r.namespace AND t.id = r.id) AS weights "
-                "FROM vector_records r WHERE r.namespace = $1 AND r.id > $2 ORDER BY r.id LIMIT $3",
+                "(SELECT array_agg(v.token ORDER BY v.token) FROM vector_postings p "
+                " JOIN vector_vocabulary v ON v.idx = p.idx "
+                " WHERE p.namespace = r.namespace AND p.id = r.id) AS tokens, "
+                "(SELECT array_agg(p.weight ORDER BY v.token) FROM vector_postings p "
+                " JOIN vector_vocabulary v ON v.idx = p.idx "
+                " WHERE p.namespace = r.namespace AND p.id = r.id) AS weights "
+                "FROM vector_records r WHERE r.namespace = $1 AND r.id > $2 "
+                "ORDER BY r.id LIMIT $3",
                 namespace,
                 after,
                 batch,

@@ -11,6 +11,19 @@ from backend.retrieval.bm25 import SparseVector
 from backend.retrieval.filters import Filter
 
 
+class DimensionMismatch(RuntimeError):
+    """A store holds vectors of another dimension than the embedding model (or the copy's
+    source) makes."""
+
+    def __init__(self, where: str, held: int, wanted: int) -> None:
+        super().__init__(
+            f"{where} holds {held}-d vectors but the embedding model makes {wanted}-d ones; "
+            "use another store or re-ingest"
+        )
+        self.held = held
+        self.wanted = wanted
+
+
 @dataclass
 class Record:
     id: str

@@ -84,6 +84,7 @@ def test_every_secret_setting_is_typed_secret() -> None:
         "llm_api_key",
         "pinecone_api_key",
         "redis_url",
+        "vector_database_url",
     }
 
 

@@ -47,7 +47,8 @@ def test_compose_runs_the_images_own_commands_and_healthchecks() -> None:
         assert "entrypoint" not in service, name
         _, _, health = dockerfile(service["build"]["dockerfile"])
         assert service["healthcheck"]["test"] == ["CMD", *health], name
-    assert services["postgres"]["image"].startswith("postgres:")
+    assert services["postgres"]["image"].startswith("pgvector/pgvector:pg")  # has pgvector
+    assert services["backend"]["environment"]["VECTOR_STORE"] == "postgres"
     assert services["frontend"]["depends_on"]["backend"]["condition"] == "service_healthy"
     assert services["backend"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["frontend"]["environment"]["BACKEND_URL"] == "http://backend:7860"

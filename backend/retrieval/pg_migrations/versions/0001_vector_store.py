@@ -1,5 +1,5 @@
-"""The pgvector store: records (dense vector, metadata as jsonb, by namespace) and the
-keyword side as postings (namespace, token, record, BM25 weight).
+"""The pgvector store: records (dense vector, BM25 weights as sparsevec, metadata as jsonb,
+by namespace), the vocabulary numbering token ids for sparsevec, keyword postings.
 
 Revision ID: 0001
 Revises:
@@ -8,6 +8,8 @@ Revises:
 from __future__ import annotations
 
 from alembic import context, op
+
+from backend.retrieval.postgres_store import DENSE_INDEX
 
 revision = "0001"
 down_revision = None
@@ -31,26 +33,34 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        "CREATE INDEX vector_records_dense ON vector_records "
-        "USING hnsw (dense vector_ip_ops) WITH (m = 16, ef_construction = 64)"
-    )
+    op.execute(DENSE_INDEX)
     op.execute("CREATE INDEX vector_records_metadata ON vector_records USING gin (metadata)")
+    # The keyword side: each record's BM25 weights as a sparsevec, its indices given by
+    # the vocabulary (our token ids are 32-bit hashes; sparsevec's indices stop at 10^9),
+    # and postings ordered by weight, where the HNSW path finds keyword candidates.
+    op.execute(
+        "CREATE TABLE vector_vocabulary "
+        "(token bigint PRIMARY KEY, idx integer GENERATED ALWAYS AS IDENTITY UNIQUE)"
+    )
+    op.execute("ALTER TABLE vector_records ADD COLUMN sparse sparsevec(1000000000)")
     op.execute(
         """
-        CREATE TABLE vector_terms (
+        CREATE TABLE vector_postings (
             namespace text NOT NULL,
-            token bigint NOT NULL,
-            id text COLLATE "C" NOT NULL,
+            idx integer NOT NULL,
             weight real NOT NULL,
-            PRIMARY KEY (namespace, token, id),
+            id text COLLATE "C" NOT NULL,
             FOREIGN KEY (namespace, id) REFERENCES vector_records ON DELETE CASCADE
         )
         """
     )
-    op.execute("CREATE INDEX vector_terms_record ON vector_terms (namespace, id)")
+    op.execute(
+        "CREATE INDEX vector_postings_impact ON vector_postings (namespace, idx, weight DESC)"
+    )
+    op.execute("CREATE INDEX vector_postings_record ON vector_postings (namespace, id)")
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE vector_terms")
+    op.execute("DROP TABLE vector_postings")
     op.execute("DROP TABLE vector_records")
+    op.execute("DROP TABLE vector_vocabulary")
