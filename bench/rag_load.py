@@ -56,6 +56,7 @@ CORPUS = "corpus.npz"
 def raw_app(folder: Path, upstream: str) -> Any:
     """Embed the query with the model, score every chunk exactly with numpy (convex
     fusion, as the service's default), and relay the upstream's answer."""
+    import anyio
     import anyio.to_thread
 
     from backend.common.settings import Settings
@@ -86,6 +87,7 @@ def raw_app(folder: Path, upstream: str) -> Any:
         best = best[np.argsort(-scores[best])]
         return [{"id": str(ids[i]), "score": float(scores[i])} for i in best]
 
+    one = anyio.CapacityLimiter(1)  # one search at a time: the model's threads uncontended
     app = relay_app(upstream)
     relay = next(r for r in app.routes if getattr(r, "path", "") == "/chat/stream")
     app.routes.remove(relay)
@@ -93,12 +95,12 @@ def raw_app(folder: Path, upstream: str) -> Any:
     @app.post("/search")
     async def search_route(request: Request) -> dict[str, Any]:
         body = await request.json()
-        return {"results": await anyio.to_thread.run_sync(search, body["query"])}
+        return {"results": await anyio.to_thread.run_sync(search, body["query"], limiter=one)}
 
     @app.post("/chat/stream")
     async def chat(request: Request) -> EventSourceResponse:
         body = await request.json()
-        found = await anyio.to_thread.run_sync(search, body["message"])
+        found = await anyio.to_thread.run_sync(search, body["message"], limiter=one)
         sources = "\n".join(f"[{i + 1}] {hit['id']}" for i, hit in enumerate(found))
         return await relay.endpoint(_Body({**body, "message": f"{sources}\n\n{body['message']}"}))  # type: ignore[attr-defined]
 

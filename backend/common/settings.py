@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         "DATABASE_URL.",
     )
     pgvector_exact_limit: int = Field(
-        20_000,
+        5_000,
         ge=0,
         description="Below this many candidates (namespace and filter) pgvector searches "
         "exactly; above it through its HNSW index.",

@@ -3,10 +3,12 @@ through `langchain_huggingface.HuggingFaceEmbeddings`, on the CPU."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from pathlib import Path
 
+import anyio.to_thread
 from langchain_core.embeddings import Embeddings
 
 from backend.common.settings import Settings
@@ -47,3 +49,47 @@ def build_embeddings(settings: Settings) -> tuple[Embeddings, int]:
     dimension = len(embeddings.embed_query("dimension probe"))
     log.info("embedding model %s loaded (%d-d)", path.name, dimension)
     return embeddings, dimension
+
+
+class QueryBatcher:
+    """Search queries embedded together: a query that arrives while the model is busy
+    waits for the next batch, and each batch is one `embed_documents` call in one thread.
+    So searches at once never compete for the cores (each query in its own thread would
+    run several copies of the model's thread pool against each other), and a crowd costs
+    about one batched call per model pass."""
+
+    def __init__(self, embeddings: Embeddings, *, max_batch: int = 64) -> None:
+        self.embeddings = embeddings
+        self.max_batch = max_batch
+        self._waiting: list[tuple[str, asyncio.Future[list[float]]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def embed(self, text: str) -> list[float]:
+        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((text, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain(), name="embed queries")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            try:
+                vectors = await anyio.to_thread.run_sync(
+                    self.embeddings.embed_documents, [text for text, _ in batch]
+                )
+            except BaseException as exc:  # every waiter hears it, then the next batch runs
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            exc
+                            if isinstance(exc, Exception)
+                            else RuntimeError("the query embedding was stopped")
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                if not future.done():  # its search may have been cancelled meanwhile
+                    future.set_result(list(vector))

@@ -48,7 +48,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "pg_migrations"
 MIGRATION_LOCK = 7270302
 MIN_PGVECTOR = (0, 7)
 ITERATIVE_SCANS = (0, 8)
-SIZE_SECONDS = 2.0  # how long a namespace's size is trusted when choosing exact or HNSW
+SIZE_SECONDS = 2.0  # how long a namespace's size (or a filter's count) chooses exact or HNSW
+PLANS_KEPT = 4096
 COPY_BATCH = 1000
 SPARSE_DIMENSIONS = 1_000_000_000  # sparsevec's largest
 BUILD_MEMORY = "1GB"  # maintenance_work_mem of an index build: the graph fits, no spilling
@@ -152,7 +153,7 @@ class PostgresVectorStore:
         url: str,
         *,
         dimension: int,
-        exact_limit: int = 20_000,
+        exact_limit: int = 5_000,
         ef_search: int = 200,
         pool_size: int = 10,
     ) -> None:
@@ -165,6 +166,7 @@ class PostgresVectorStore:
         self._sizes: dict[str, tuple[float, int]] = {}
         self._vocabulary: dict[int, int] = {}  # token id -> sparsevec index (never changes)
         self._unanalysed = 0
+        self._plans: dict[tuple[str, str], tuple[float, bool]] = {}  # exact or not, when
         self.pgvector_version = ""
 
     @property
@@ -355,6 +357,7 @@ class PostgresVectorStore:
         self._unanalysed += count
         if self._unanalysed >= ANALYZE_AFTER:
             self._unanalysed = 0
+            self._plans.clear()
             await self.pool.execute("ANALYZE vector_records, vector_postings")
 
     async def delete(self, ids: Sequence[str], *, namespace: str) -> None:
@@ -396,11 +399,17 @@ class PostgresVectorStore:
         return known[1]
 
     async def _exact(self, namespace: str, filter_: Filter | None) -> bool:
-        """Whether the candidates are few enough to score them all."""
+        """Whether the candidates are few enough to score them all. Counting them costs a
+        scan up to the limit, so the answer is kept a moment per (namespace, filter)."""
         if await self._size(namespace) <= self.exact_limit:
             return True
         if not filter_:
             return False
+        key = (namespace, json.dumps(filter_, sort_keys=True))
+        now = time.monotonic()
+        known = self._plans.get(key)
+        if known is not None and now - known[0] <= SIZE_SECONDS:
+            return known[1]
         params = _Params(namespace, self.exact_limit + 1)
         where = compile_filter(filter_, params)
         found = await self.pool.fetchval(
@@ -408,7 +417,10 @@ class PostgresVectorStore:
             f"WHERE r.namespace = $1 AND {where} LIMIT $2) s",
             *params.values,
         )
-        return int(found) <= self.exact_limit
+        if len(self._plans) >= PLANS_KEPT:
+            self._plans.clear()
+        self._plans[key] = (now, int(found) <= self.exact_limit)
+        return self._plans[key][1]
 
     async def query(
         self,

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anyio.to_thread
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from backend.retrieval.bm25 import BM25Encoder, SparseVector
+from backend.retrieval.embeddings import QueryBatcher
 from backend.retrieval.filters import Filter
 from backend.retrieval.passage import Passage
 from backend.retrieval.rerank import Reranker
@@ -90,22 +90,22 @@ class HybridRetriever:
         self.fusion = fusion
         self.candidates = candidates
         self.reranker = reranker
+        self.queries = QueryBatcher(embeddings)
 
     async def embed_query(self, query: str) -> list[float]:
-        return await anyio.to_thread.run_sync(self.embeddings.embed_query, query)
+        return await self.queries.embed(query)
 
     async def _dense(self, query: str, context: Sequence[tuple[str, float]]) -> list[float]:
         if not context:
             return await self.embed_query(query)
-
-        def weighted() -> list[float]:
-            total = np.asarray(self.embeddings.embed_query(query), dtype=np.float64)
-            for text, weight in context:
-                total += weight * np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
-            norm = float(np.linalg.norm(total))
-            return (total / norm if norm > 0 else total).tolist()
-
-        return await anyio.to_thread.run_sync(weighted)
+        texts = [query, *(text for text, _ in context)]
+        vectors = await asyncio.gather(*(self.embed_query(text) for text in texts))
+        weights = [1.0, *(weight for _, weight in context)]
+        total = np.zeros(len(vectors[0]), dtype=np.float64)
+        for weight, vector in zip(weights, vectors, strict=True):
+            total += weight * np.asarray(vector, dtype=np.float64)
+        norm = float(np.linalg.norm(total))
+        return (total / norm if norm > 0 else total).tolist()
 
     def _sparse(self, query: str, context: Sequence[tuple[str, float]]) -> SparseVector:
         encoded = self.encoder.encode_query(query)
