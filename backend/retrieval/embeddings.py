@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from langchain_core.embeddings import Embeddings
@@ -53,7 +54,7 @@ def build_embeddings(settings: Settings) -> tuple[Embeddings, int]:
 
 class QueryBatcher:
     """Search queries embedded together: a query that arrives while the model is busy
-    waits for the next batch, and each batch is one `embed_documents` call in one thread.
+    waits for the next batch, and each batch is one model call in one thread.
     So searches at once never compete for the cores (each query in its own thread would
     run several copies of the model's thread pool against each other), and a crowd costs
     about one batched call per model pass."""
@@ -71,13 +72,22 @@ class QueryBatcher:
             self._draining = asyncio.create_task(self._drain(), name="embed queries")
         return await future
 
+    def _embed_queries(self, texts: list[str]) -> list[list[float]]:
+        """As `embed_query` would, text by text (a model may encode queries otherwise than
+        documents: prompts, prefixes); sentence-transformers models in one `encode`."""
+        model: Any = self.embeddings
+        if hasattr(model, "_embed") and hasattr(model, "query_encode_kwargs"):
+            # HuggingFaceEmbeddings.embed_query is `_embed([text], these kwargs)[0]`.
+            return model._embed(texts, model.query_encode_kwargs or model.encode_kwargs)
+        return [model.embed_query(text) for text in texts]
+
     async def _drain(self) -> None:
         while self._waiting:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
             try:
                 vectors = await anyio.to_thread.run_sync(
-                    self.embeddings.embed_documents, [text for text, _ in batch]
+                    self._embed_queries, [text for text, _ in batch]
                 )
             except BaseException as exc:  # every waiter hears it, then the next batch runs
                 for _, future in batch:

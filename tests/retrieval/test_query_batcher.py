@@ -13,21 +13,36 @@ from backend.retrieval.embeddings import QueryBatcher
 
 
 class Recording(Embeddings):
+    """Shaped like HuggingFaceEmbeddings: `_embed(texts, kwargs)` with the query kwargs."""
+
     def __init__(self, fail: str | None = None) -> None:
         self.fake = DeterministicFakeEmbedding(size=8)
         self.batches: list[list[str]] = []
         self.fail = fail
         self.release = threading.Event()
+        self.encode_kwargs: dict = {}
+        self.query_encode_kwargs = {"prompt": "query: "}
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+    def _embed(self, texts: list[str], kwargs: dict) -> list[list[float]]:
+        assert kwargs == {"prompt": "query: "}  # the query's encoding, not the documents'
         self.release.wait(5)
         self.batches.append(list(texts))
         if self.fail in texts:
             raise RuntimeError("model failed")
         return self.fake.embed_documents(texts)
 
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        raise AssertionError("queries are embedded as queries")
+
     def embed_query(self, text: str) -> list[float]:
-        raise AssertionError("queries go through embed_documents, batched")
+        raise AssertionError("queries go through one batched call")
+
+
+async def test_any_other_model_embeds_each_query_as_a_query() -> None:
+    model = DeterministicFakeEmbedding(size=8)
+    batcher = QueryBatcher(model)
+    vectors = await asyncio.gather(*(batcher.embed(f"q{i}") for i in range(3)))
+    assert vectors == [model.embed_query(f"q{i}") for i in range(3)]
 
 
 async def test_queries_arriving_together_share_one_batch() -> None:
