@@ -50,16 +50,7 @@ def synthetic(n: int, rng: np.random.Generator, encoder: BM25Encoder) -> list[Re
     dense = rng.standard_normal((n, DIM)).astype(np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     counts = [encoder.term_counts(words(rng, 60)) for _ in range(n)]
-    encoder.apply(CorpusDelta.of(counts))
-    return [
-        Record(
-            f"doc{i // 4}#r#{i % 4}",
-            dense[i].tolist(),
-            encoder.encode_document(counts[i]),
-            _metadata(i, rng),
-        )
-        for i in range(n)
-    ]
+    return _records(dense, counts, encoder, rng)
 
 
 def text_windows(corpus: Path, n: int) -> list[str]:
@@ -109,23 +100,30 @@ def real(
     texts = text_windows(dataset / "corpus.jsonl", n)
     dense = embedded_texts(texts, cache)
     counts = [encoder.term_counts(t) for t in texts]
-    encoder.apply(CorpusDelta.of(counts))
     questions = [
         json.loads(line)["text"]
         for line in (dataset / "queries.jsonl").read_text().splitlines()
         if line
     ]
     asked = embedded_texts(questions, cache)
-    records = [
+    return _records(dense, counts, encoder, rng), asked, questions
+
+
+def _records(
+    dense: np.ndarray, counts: list, encoder: BM25Encoder, rng: np.random.Generator
+) -> list[Record]:
+    """Chunks of 4 per document: their vectors, BM25 weights (the corpus counted first)
+    and metadata."""
+    encoder.apply(CorpusDelta.of(counts))
+    return [
         Record(
             f"doc{i // 4}#r#{i % 4}",
             dense[i].tolist(),
-            encoder.encode_document(counts[i]),
+            encoder.encode_document(c),
             _metadata(i, rng),
         )
-        for i in range(n)
+        for i, c in enumerate(counts)
     ]
-    return records, asked, questions
 
 
 def _metadata(i: int, rng: np.random.Generator) -> dict[str, Any]:

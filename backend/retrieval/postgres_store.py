@@ -316,12 +316,7 @@ class PostgresVectorStore:
             for t, w in zip(r.sparse.indices, r.sparse.values, strict=True)
         ]
         async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_of(namespace))
-            await connection.execute(
-                "DELETE FROM vector_records WHERE namespace = $1 AND id = ANY($2::text[])",
-                namespace,
-                list(latest),
-            )
+            await _delete_locked(connection, namespace, list(latest))
             await connection.copy_records_to_table(
                 "vector_records",
                 records=rows,
@@ -362,12 +357,7 @@ class PostgresVectorStore:
 
     async def delete(self, ids: Sequence[str], *, namespace: str) -> None:
         async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_of(namespace))
-            await connection.execute(
-                "DELETE FROM vector_records WHERE namespace = $1 AND id = ANY($2::text[])",
-                namespace,
-                list(ids),
-            )
+            await _delete_locked(connection, namespace, list(ids))
         await self._written(namespace, len(ids))
 
     # --- reads -------------------------------------------------------------------------------
@@ -534,6 +524,17 @@ class PostgresVectorStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _delete_locked(connection: Any, namespace: str, ids: list[str]) -> None:
+    """Within a write's transaction: take the namespace's turn, remove `ids` (their
+    postings go with them)."""
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", _lock_of(namespace))
+    await connection.execute(
+        "DELETE FROM vector_records WHERE namespace = $1 AND id = ANY($2::text[])",
+        namespace,
+        ids,
+    )
 
 
 def _match(row: Any) -> Match:
