@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import asyncio
 import itertools
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,6 +29,7 @@ from tests.helpers import (
     create_database,
     drop_database,
     fake_model,
+    free_port,
     live_server,
     with_database,
 )
@@ -75,6 +79,34 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[str]:
+    """A real OpenID Connect provider on 127.0.0.1 (`oidc-provider-mock`, its own process):
+    discovery, an authorization form (POST `sub=`), token, userinfo and JWKS endpoints;
+    `PUT /users/{sub}` sets a person's claims. Its URL is the issuer."""
+    port = free_port()
+    command = [sys.executable, "-m", "oidc_provider_mock", "-p", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            if process.poll() is not None:
+                stderr = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"oidc-provider-mock did not start: {stderr[-2000:]}")
+            try:
+                if httpx.get(f"{url}/.well-known/openid-configuration").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        else:
+            pytest.fail("oidc-provider-mock did not answer within 10 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from backend.api.errors import install_error_handlers
 from backend.api.inputs import storable_text_only
 from backend.api.middleware import RequestContextMiddleware
-from backend.api.routes import admin, auth, chat, conversations, documents, health, openai
+from backend.api.routes import admin, auth, chat, conversations, documents, health, oidc, openai
+from backend.api.routes.oidc import OidcClient
 from backend.common.metrics import Metrics
 from backend.common.settings import Settings, get_settings
 from backend.llm import ChatModel
@@ -45,6 +46,8 @@ def create_app(
             settings, models=models, embeddings=embeddings, store=store, metrics=metrics
         )
         app.state.components = components
+        if app.state.oidc is not None:  # users' sign-in tokens are refreshed through it
+            components.user_models.refresher = app.state.oidc.refresh
         try:
             yield
         finally:
@@ -68,6 +71,8 @@ def create_app(
             allow_headers=["*"],
         )
     app.state.metrics = metrics
+    oidc_config = settings.resolved_oidc
+    app.state.oidc = OidcClient(oidc_config) if oidc_config else None
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
@@ -79,6 +84,7 @@ def create_app(
     for router in (
         health.router,
         auth.router,
+        oidc.router,
         conversations.router,
         conversations.messages_router,
         chat.router,

@@ -21,6 +21,7 @@ from backend.services.chat import ChatService
 from backend.services.components import Components
 from backend.services.documents import DocumentService
 from backend.services.limits import Limits
+from backend.services.model_keys import UserModels
 from backend.services.security import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -116,8 +117,8 @@ LimitedUser = Annotated[User, Depends(limited_user)]
 
 
 async def answering_user(user: LimitedUser, components: ComponentsDep) -> User:
-    """The caller, who may start another answer: tokens left today, streams free."""
-    await components.limits.tokens_left(user)
+    """The caller, who may start another answer: streams free (tokens left today, for an
+    answer on the operator's models, is the chat service's check: services/chat.py)."""
     components.limits.streams(user, components.relay.running(user.id))
     return user
 
@@ -137,6 +138,13 @@ async def get_models(components: ComponentsDep) -> ModelCatalog:
 
 
 ModelsDep = Annotated[ModelCatalog, Depends(get_models)]
+
+
+async def get_user_models(components: ComponentsDep) -> UserModels:
+    return components.user_models
+
+
+UserModelsDep = Annotated[UserModels, Depends(get_user_models)]
 
 
 async def get_documents(components: ComponentsDep) -> DocumentService:

@@ -50,6 +50,62 @@ class Me(UserPublic):
     is_admin: bool = Field(description="Held to no per-user limit (granted by the operator).")
 
 
+class ModelKeyIn(BaseModel):
+    """A user's own model key: a Hugging Face token (the router, or `base_url` of an
+    endpoint) or an OpenAI-compatible key with its `base_url` and `model`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["huggingface", "openai-compatible"]
+    api_key: str = Field(min_length=1, max_length=4096, pattern=r"^\S+$")
+    base_url: str | None = Field(
+        None, max_length=500, pattern=r"^https?://", description="http(s) URL of the server."
+    )
+    model: str | None = Field(None, min_length=1, max_length=200)
+
+
+class ModelKeyPublic(BaseModel):
+    """A saved model key, masked: the key itself is never shown again."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    provider: str
+    hint: str = Field(description="The key, masked (`hf_…x9Yz`).")
+    base_url: str | None
+    model: str | None
+    model_id: str = Field(description="Its id in GET /models and /chat's `model`.")
+    source: str = Field(description="`user`: saved by you; `sign-in`: your sign-in's token.")
+    expires_at: datetime | None
+    updated_at: datetime
+
+
+class SignInProvider(BaseModel):
+    """How users may sign in (GET /auth/providers, public)."""
+
+    password: bool = Field(description="The username and password form.")
+    registration: str = Field(description="REGISTRATION: open, oidc or closed.")
+    oidc: bool = Field(description="Whether an OpenID Connect provider is configured.")
+    oidc_name: str | None = Field(None, description="The provider's name, for the button.")
+    login_url: str | None = Field(None, description="GET it (with ?next=) to sign in.")
+    user_keys: str = Field(description="USER_KEYS: off, allowed or required.")
+
+
+class Ticket(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ticket: str = Field(min_length=16, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class LinkStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    next: str = Field("/", max_length=2000)
+
+
+class LinkUrl(BaseModel):
+    url: str = Field(description="Open it in the browser to link your account.")
+
+
 class Token(BaseModel):
     access_token: str
     token_type: str = "bearer"
@@ -316,6 +372,7 @@ class ModelInfo(BaseModel):
     provider: str
     context_window: int
     default: bool
+    own_key: bool = Field(False, description="Runs on the caller's own model key.")
 
 
 class ModelsPublic(BaseModel):

@@ -220,6 +220,34 @@ async def _copy_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rotate-keys ----------------------------------------------------------------------------
+async def _rotate_keys(args: argparse.Namespace) -> int:
+    """Every user's model key re-encrypted under the current KEYS_SECRET (the old one read
+    from KEYS_SECRET_PREVIOUS)."""
+    from backend.common.errors import UpstreamFailed
+    from backend.common.settings import settings_or_exit
+    from backend.db.engine import session_factory
+    from backend.services.components import open_database
+    from backend.services.model_keys import UserModels
+
+    settings = settings_or_exit()
+    engine = await open_database(settings)
+    try:
+        keys = UserModels(settings=settings, sessions=session_factory(engine), catalog=None)
+        count = await keys.rotate_all()
+    except UpstreamFailed:
+        print(
+            "rotate-keys: a stored key cannot be decrypted with KEYS_SECRET or "
+            "KEYS_SECRET_PREVIOUS; set the secret it was saved under in KEYS_SECRET_PREVIOUS",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        await engine.dispose()
+    print(f"re-encrypted {count} model keys under the current KEYS_SECRET", file=sys.stderr)
+    return 0
+
+
 # --- users ----------------------------------------------------------------------------------
 async def _users(args: argparse.Namespace) -> int:
     import secrets
@@ -377,6 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     copy.add_argument("--quiet", action="store_true")
 
+    commands.add_parser(
+        "rotate-keys",
+        help="re-encrypt users' model keys under KEYS_SECRET (the old one in KEYS_SECRET_PREVIOUS)",
+    )
+
     users = commands.add_parser("users", help="add, disable or list accounts")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create an account (or make an existing one admin)")
@@ -394,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval-answers": _eval_answers,
         "export-feedback": _export_feedback,
         "copy-vectors": _copy_vectors,
+        "rotate-keys": _rotate_keys,
         "users": _users,
     }
     return asyncio.run(runners[args.command](args))

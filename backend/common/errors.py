@@ -27,6 +27,10 @@ class Conflict(ServiceError):
     """The request clashes with what is stored (e.g. a username that is taken)."""
 
 
+class SignInFailed(ServiceError):
+    """A sign-in with the OpenID Connect provider that cannot be completed (400)."""
+
+
 class NotAuthenticated(ServiceError):
     """Missing, malformed, expired or unknown credentials."""
 

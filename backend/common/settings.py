@@ -60,6 +60,21 @@ class ModelSpec(BaseModel):
         return self.model or self.base_url or self.provider
 
 
+class OidcConfig(BaseModel):
+    """The OpenID Connect provider users sign in with (Settings.resolved_oidc)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = Field(None, repr=False)
+    scopes: str
+    name: str
+    redirect_url: str | None
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.issuer}/.well-known/openid-configuration"
+
+
 def async_driver_url(url: str) -> str:
     """`url` with the async driver we ship; accepts the plain URLs hosting platforms hand out."""
     for prefix in ("postgres://", "postgresql://"):
@@ -122,6 +137,71 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(SecretStr(DEFAULT_SECRET_KEY), description="JWT signing key.")
     access_token_minutes: int = Field(
         60 * 24, ge=1, description="Lifetime of an access token, in minutes."
+    )
+
+    # --- OpenID Connect sign-in (docs/auth.md); on a Space, the Hub's OAUTH_* serve ----
+    oidc_issuer: str | None = Field(
+        None,
+        description="Issuer URL of the OpenID Connect provider (its discovery document is "
+        "ISSUER/.well-known/openid-configuration); default: OPENID_PROVIDER_URL (Spaces).",
+    )
+    oidc_client_id: str | None = Field(
+        None, description="OIDC client id; default: OAUTH_CLIENT_ID (Spaces)."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        None, description="OIDC client secret; default: OAUTH_CLIENT_SECRET (Spaces)."
+    )
+    oidc_scopes: str | None = Field(
+        None,
+        description="Scopes asked at sign-in; default: OAUTH_SCOPES (Spaces), else "
+        "`openid profile email`. Hugging Face's `inference-api` lets a user's chats run on "
+        "their own account.",
+    )
+    oidc_provider_name: str | None = Field(
+        None,
+        description="Name on the sign-in button; default: `Hugging Face` for huggingface.co, "
+        "else the issuer's host.",
+    )
+    oidc_redirect_url: str | None = Field(
+        None,
+        description="The callback URL registered with the provider; default: "
+        "https://SPACE_HOST/auth/oidc/callback on a Space, else this server's own URL.",
+    )
+    oidc_next_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (JSON list) a sign-in may return to (the chat app's URL); "
+        "CORS_ORIGINS count too; a relative path always may.",
+    )
+    oidc_allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="Verified email domains that may sign in (JSON list); empty: any.",
+    )
+    oidc_allowed_orgs: list[str] = Field(
+        default_factory=list,
+        description="Hugging Face organisations (or `groups` claim values) whose members may "
+        "sign in (JSON list); empty: any. With OIDC_ALLOWED_DOMAINS, either admits.",
+    )
+
+    # --- users' own model keys (docs/auth.md) -------------------------------------------------
+    user_keys: Literal["off", "allowed", "required"] = Field(
+        "allowed",
+        description="Users' own model keys: `off`, `allowed` (their chats then run on "
+        "their key, outside the token quota), or `required` (no chat without one).",
+    )
+    keys_secret: SecretStr | None = Field(
+        None,
+        description="Encrypts users' model keys at rest; default: derived from SECRET_KEY.",
+    )
+    keys_secret_previous: SecretStr | None = Field(
+        None,
+        description="Earlier KEYS_SECRETs (comma-separated), still read after a rotation "
+        "until `python -m backend.cli rotate-keys` re-encrypts every key.",
+    )
+    user_key_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (`name`, `name:port`, IPs or CIDRs; JSON list) a user's base URL "
+        "may reach although private, loopback or link-local (a model on the operator's "
+        "network).",
     )
 
     # --- chat model ------------------------------------------------------------------------
@@ -320,10 +400,11 @@ class Settings(BaseSettings):
         description="A /v1 client's system message: `append`ed after SYSTEM_PROMPT, or allowed "
         "to `replace` it.",
     )
-    registration: Literal["open", "closed"] = Field(
+    registration: Literal["open", "oidc", "closed"] = Field(
         "open",
-        description="`closed`: accounts are made by the operator only "
-        "(`python -m backend.cli users add`).",
+        description="Who may create an account: `open` anyone (password form or OpenID "
+        "Connect sign-in), `oidc` only by signing in with the OIDC provider, `closed` the "
+        "operator only (`python -m backend.cli users add`).",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
@@ -428,6 +509,36 @@ class Settings(BaseSettings):
                 "VECTOR_STORE=postgres needs a PostgreSQL VECTOR_DATABASE_URL or DATABASE_URL."
             )
         return self
+
+    @property
+    def resolved_oidc(self) -> OidcConfig | None:
+        """The OpenID Connect provider, from OIDC_* or a Space's OAUTH_* variables."""
+        env = os.environ
+        issuer = self.oidc_issuer or env.get("OPENID_PROVIDER_URL")
+        client_id = self.oidc_client_id or env.get("OAUTH_CLIENT_ID")
+        if not issuer or not client_id:
+            return None
+        secret = reveal(self.oidc_client_secret) or env.get("OAUTH_CLIENT_SECRET") or None
+        scopes = self.oidc_scopes or env.get("OAUTH_SCOPES") or "openid profile email"
+        scope_list = scopes.replace(",", " ").split()
+        if "openid" not in scope_list:
+            scope_list.insert(0, "openid")
+        issuer = issuer.rstrip("/")
+        host = issuer.split("://", 1)[-1].split("/", 1)[0]
+        name = self.oidc_provider_name or (
+            "Hugging Face" if host.endswith("huggingface.co") else host
+        )
+        redirect = self.oidc_redirect_url
+        if not redirect and env.get("SPACE_HOST"):
+            redirect = f"https://{env['SPACE_HOST']}/auth/oidc/callback"
+        return OidcConfig(
+            issuer=issuer,
+            client_id=client_id,
+            client_secret=secret,
+            scopes=" ".join(scope_list),
+            name=name,
+            redirect_url=redirect,
+        )
 
     @property
     def model_specs(self) -> list[ModelSpec]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     false,
     text,
 )
@@ -224,3 +225,48 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     message: Mapped[Message] = relationship(back_populates="feedback")
+
+
+class Identity(Base):
+    """An OpenID Connect identity, (issuer, subject), signed in as one account; never
+    matched by username or email. `ticket_hash`: the one-time ticket its last sign-in
+    handed back (POST /auth/oidc/ticket trades it for a token, once, within a minute)."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_identities_issuer_subject"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    issuer: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    ticket_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    ticket_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_sign_in_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelKey(Base):
+    """A user's own model key (one per user), encrypted (services/model_keys.py): a
+    Hugging Face token or an OpenAI-compatible key with its base URL and model. `source`
+    `sign-in`: the Hugging Face token of the user's sign-in (scope inference-api), with its
+    refresh token and expiry."""
+
+    __tablename__ = "model_keys"
+
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))  # huggingface | openai-compatible
+    encrypted_key: Mapped[str] = mapped_column(Text)
+    hint: Mapped[str] = mapped_column(String(32))  # the masked key, shown after saving
+    base_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="user")  # user | sign-in
+    encrypted_refresh: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -75,6 +75,18 @@ KINDS: dict[str, tuple[str, bool, bool, str]] = {
         False,
         "The connection to the model broke mid-answer; the partial answer was kept.",
     ),
+    "address_refused": (
+        "model_address_refused",
+        False,
+        False,
+        "This model server's address is refused.",
+    ),
+    "redirected": (
+        "model_redirected",
+        False,
+        False,
+        "The model server answered with a redirect, which is not followed.",
+    ),
     "upstream": (
         "model_error",
         False,
@@ -91,9 +103,12 @@ class ModelFailure(Exception):
         self.detail = detail  # for logs only: never shown to users
         code, retryable, fallback, _ = KINDS[kind]
         self.code, self.retryable, self.fallback = code, retryable, fallback
+        self.message: str | None = None  # set: what users read instead of the kind's text
         super().__init__(f"{kind}: {detail}" if detail else kind)
 
     def user_message(self) -> str:
+        if self.message:
+            return self.message
         wait = f" in {round(self.retry_after)} s" if self.retry_after else ""
         return KINDS[self.kind][3].format(wait=wait)
 

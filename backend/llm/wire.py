@@ -97,6 +97,8 @@ class ChatWire:
         request = self.http.build_request("POST", self.url, json=self.payload(messages, params))
         response = await self.http.send(request, stream=True)
         try:
+            if 300 <= response.status_code < 400:  # never followed (llm/guard.py)
+                raise ModelFailure("redirected", detail=f"HTTP {response.status_code}")
             if response.status_code >= 400:
                 await response.aread()
                 raise from_status(response.status_code, response.headers, _json(response))

@@ -29,6 +29,7 @@ class Answer:
     parent_id: str | None  # the question it answers
     model: str | None  # the model answering: the one chosen first, then the one that began
     instance: str | None  # the replica generating it
+    own_key: bool = False  # on the user's own model key: outside the token quota
     created_at: datetime = field(default_factory=utcnow)
     started: float = field(default_factory=time.perf_counter)  # the question stored (ttft)
     status: MessageStatus = MessageStatus.STREAMING

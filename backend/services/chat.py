@@ -18,9 +18,12 @@ from backend.db import repository
 from backend.db.answers import AnswerWrites
 from backend.db.models import Conversation, Message, MessageStatus, User, new_id, utcnow
 from backend.llm import ModelCatalog
+from backend.llm.own_key import OwnKeyModel
 from backend.retrieval.passage import Passage
 from backend.services.answer import Answer
 from backend.services.events import AnswerEvent
+from backend.services.limits import Limits
+from backend.services.model_keys import UserModels
 from backend.services.pipeline import AnswerPipeline
 from backend.services.prompt import check_fits, revision_messages
 from backend.services.relay import Relay, follow_stored
@@ -42,6 +45,8 @@ class ChatService:
         pipeline: AnswerPipeline,
         relay: Relay,
         writes: AnswerWrites,
+        user_models: UserModels,
+        limits: Limits,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -49,6 +54,8 @@ class ChatService:
         self.pipeline = pipeline
         self.relay = relay
         self.writes = writes
+        self.user_models = user_models
+        self.limits = limits
 
     # --- a turn: the request checked, the question stored ------------------------------
     def _params(self, options: ChatOptions) -> dict[str, Any]:
@@ -72,7 +79,7 @@ class ChatService:
             params["stop"] = list(options.stop)
         return params
 
-    def _turn(
+    async def _turn(
         self,
         *,
         user: User,
@@ -85,7 +92,7 @@ class ChatService:
     ) -> ChatTurn:
         """The one place a turn is made: the request's options checked and resolved."""
         params = self._params(options)
-        models = self.models.choose(options.model, question)
+        models = await self.user_models.choose(user, options.model, question)
         answer = Answer(
             message_id=new_id(),
             user_id=user.id,
@@ -93,6 +100,7 @@ class ChatService:
             parent_id=question_id or new_id(),
             model=models[0].name,
             instance=self.settings.instance_name,
+            own_key=isinstance(models[0], OwnKeyModel),
         )
         return ChatTurn(
             question=question,
@@ -124,7 +132,7 @@ class ChatService:
         API send the whole exchange each time); `persist=False` stores nothing at all.
         """
         self._check_length(message)
-        turn = self._turn(
+        turn = await self._turn(
             user=user,
             question=message,
             options=options,
@@ -151,6 +159,7 @@ class ChatService:
         """Refuse a turn that cannot be answered now, before anything is stored: the model's
         waiting line full (503), a question that cannot fit its context window (422)."""
         model = turn.models[0]
+        await self._within_quota(turn)
         await model.admit()
         last = turn.revisions[-1] if turn.revisions else None
         check_fits(
@@ -198,16 +207,23 @@ class ChatService:
                 "the conversation has no question to answer again",
                 field=("conversation_id",),
             )
-        turn = self._answer_again(user, branch, questions[-1], options)
+        turn = await self._answer_again(user, branch, questions[-1], options)
+        await self._within_quota(turn)
         await turn.models[0].admit()
         return turn
 
-    def _answer_again(
+    async def _within_quota(self, turn: ChatTurn) -> None:
+        """Refuse an answer on the operator's models once the user spent the day's tokens
+        (an answer on their own key spends none)."""
+        if not turn.answer.own_key:
+            await self.limits.tokens_left(turn.user)
+
+    async def _answer_again(
         self, user: User, branch: Sequence[Message], question: Message, options: ChatOptions
     ) -> ChatTurn:
         """A turn that answers the stored `question` of `branch` again."""
         before = branch[: branch.index(question)]
-        return self._turn(
+        return await self._turn(
             user=user,
             question=question.content,
             options=options,
@@ -234,7 +250,7 @@ class ChatService:
         branch = repository.branch_ending_at(stored, revised.id)
         if len(branch) < 2 or branch[-2].role != "user":
             raise InvalidInput("the answer has no question to revise it for", field=("message_id",))
-        turn = self._answer_again(user, branch, branch[-2], options)
+        turn = await self._answer_again(user, branch, branch[-2], options)
         turn.revisions = revision_chain(stored, revised, feedback)
         turn.passages = [Passage.from_source(s) for s in revised.sources or []]
         answer = turn.answer
@@ -253,7 +269,7 @@ class ChatService:
             raise InvalidInput("only questions can be edited", field=("message_id",))
         self._check_length(message)
         before = repository.branch_ending_at(stored, edited.parent_id)
-        turn = self._turn(
+        turn = await self._turn(
             user=user,
             question=message,
             options=options,

@@ -21,10 +21,12 @@ from backend.llm import ChatModel, ModelCatalog, build_models
 from backend.retrieval.bm25 import BM25Encoder
 from backend.retrieval.retriever import HybridRetriever
 from backend.retrieval.store import VectorStore
+from backend.services.accounts import Accounts
 from backend.services.answer import AnswerMetrics
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
 from backend.services.limits import Limits, TokenQuota
+from backend.services.model_keys import UserModels
 from backend.services.pipeline import AnswerPipeline
 from backend.services.recorder import AnswerRecorder
 from backend.services.relay import Relay
@@ -45,6 +47,8 @@ class Components:
     recorder: AnswerRecorder
     relay: Relay
     limits: Limits
+    user_models: UserModels  # each user's own model key and the model it serves
+    accounts: Accounts  # accounts of those who sign in with an OpenID Connect provider
     users: BatchLoader[User]  # authentication's lookups, many requests' in one query
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -64,6 +68,7 @@ class Components:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.recorder.save()
         await self.models.aclose()
+        await self.user_models.aclose()
         await self.store.close()
         await self.engine.dispose()
 
@@ -179,6 +184,7 @@ async def build_components(
         settings.resolved_vector_store,
     )
     limits = Limits(settings)
+    user_models = UserModels(settings=settings, sessions=sessions, catalog=catalog)
     relay = Relay()
     writes = AnswerWrites(engine)
     recorder = AnswerRecorder(
@@ -205,10 +211,14 @@ async def build_components(
             pipeline=pipeline,
             relay=relay,
             writes=writes,
+            user_models=user_models,
+            limits=limits,
         ),
         recorder=recorder,
         relay=relay,
         limits=limits,
+        user_models=user_models,
+        accounts=Accounts(settings=settings, sessions=sessions),
         users=BatchLoader(sessions, User),
         background=[asyncio.create_task(recorder.run(), name="save streaming answers")],
     )

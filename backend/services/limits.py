@@ -139,6 +139,8 @@ class TokenQuota(AnswerObserver):
         self.limits = limits
 
     async def ended(self, answer: Answer) -> None:
+        if answer.own_key:  # paid by the user's own key, not the operator's
+            return
         spent = (answer.prompt_tokens or 0) + (answer.completion_tokens or 0)
         await self.limits.spend_tokens(answer.user_id, spent)
 

@@ -124,7 +124,7 @@ def test_expired_foreign_and_orphan_tokens_are_401(
     )
     assert client.get("/auth/me", headers={"Authorization": f"Bearer {orphan}"}).status_code == 401
 
-    unsigned = jwt.encode({"sub": user_id, "exp": 9999999999}, key=None, algorithm="none")
+    unsigned = jwt.encode({"sub": user_id, "exp": 9999999999}, key="", algorithm="none")
     assert (
         client.get("/auth/me", headers={"Authorization": f"Bearer {unsigned}"}).status_code == 401
     )

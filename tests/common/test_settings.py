@@ -85,6 +85,9 @@ def test_every_secret_setting_is_typed_secret() -> None:
         "pinecone_api_key",
         "redis_url",
         "vector_database_url",
+        "oidc_client_secret",
+        "keys_secret",
+        "keys_secret_previous",
     }
 
 

@@ -22,6 +22,8 @@ from backend.services.answer import Answer, AnswerObserver
 from backend.services.chat import ChatService
 from backend.services.documents import DocumentService
 from backend.services.events import AnswerEvent
+from backend.services.limits import Limits
+from backend.services.model_keys import UserModels
 from backend.services.pipeline import AnswerPipeline
 from backend.services.prompt import COMPACT_STOP
 from backend.services.relay import Relay
@@ -53,6 +55,12 @@ class Pipeline:
             ),
             relay=self.relay,
             writes=self.writes,
+            user_models=UserModels(
+                settings=config.model_copy(update={"user_keys": "off"}),
+                sessions=self.sessions,
+                catalog=ModelCatalog([self.model], settings=config),
+            ),
+            limits=Limits(config),
         )
 
     async def turn(self, message: str = "Why?", **options: Any) -> ChatTurn:

@@ -12,6 +12,7 @@ from backend.api.deps import (
     LimitsDep,
     SessionDep,
     SettingsDep,
+    UserModelsDep,
 )
 from backend.api.schemas import (
     ApiKeyCreate,
@@ -19,12 +20,17 @@ from backend.api.schemas import (
     ApiKeyPublic,
     ApiKeysPublic,
     Me,
+    ModelKeyIn,
+    ModelKeyPublic,
     Token,
     UserCreate,
     UserPublic,
 )
 from backend.common.errors import Conflict, Forbidden, NotAuthenticated, NotFound
 from backend.db import repository
+from backend.db.models import ModelKey
+from backend.llm.own_key import OwnKey
+from backend.services.model_keys import KeyInput
 from backend.services.security import (
     create_access_token,
     hash_api_key,
@@ -49,6 +55,11 @@ async def register(
         raise Forbidden(
             "registration is closed; the operator creates accounts "
             "(python -m backend.cli users add)"
+        )
+    if settings.registration == "oidc":
+        raise Forbidden(
+            "accounts are created by signing in with the sign-in provider "
+            "(GET /auth/oidc/login), not with a password"
         )
     await limits.registration(address)
     if await repository.get_user_by_username(session=session, username=user_in.username):
@@ -96,6 +107,56 @@ async def me(user: CurrentUser, documents: DocumentsDep, settings: SettingsDep) 
         can_publish=documents.can_publish(user),
         is_admin=user.is_admin,
         max_upload_bytes=settings.max_upload_bytes,
+    )
+
+
+@router.put("/me/model-key", response_model=ModelKeyPublic)
+async def save_model_key(
+    body: ModelKeyIn, user: CurrentUser, user_models: UserModelsDep
+) -> ModelKeyPublic:
+    """Save your own model key (replacing any): your chats then run on it, outside the
+    service's token quota. Its base URL must reach a public address (or one the operator
+    allow-listed) and its server must not refuse the key. The key is shown masked from now
+    on."""
+    row = await user_models.save(
+        user,
+        KeyInput(
+            provider=body.provider, api_key=body.api_key, base_url=body.base_url, model=body.model
+        ),
+    )
+    return _key_public(row)
+
+
+@router.get("/me/model-key", response_model=ModelKeyPublic)
+async def get_model_key(user: CurrentUser, user_models: UserModelsDep) -> ModelKeyPublic:
+    """Your model key, masked."""
+    row = await user_models.stored(user)
+    if row is None:
+        raise NotFound("you have no model key saved")
+    return _key_public(row)
+
+
+@router.delete("/me/model-key", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_model_key(user: CurrentUser, user_models: UserModelsDep) -> Response:
+    """Forget your model key: your chats run on the service's models again."""
+    if not await user_models.delete(user):
+        raise NotFound("you have no model key saved")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _key_public(row: ModelKey) -> ModelKeyPublic:
+    own = OwnKey(
+        provider=row.provider, api_key="", hint=row.hint, base_url=row.base_url, model=row.model
+    )
+    return ModelKeyPublic(
+        provider=row.provider,
+        hint=row.hint,
+        base_url=row.base_url,
+        model=row.model,
+        model_id=own.model_id,
+        source=row.source,
+        expires_at=row.expires_at,
+        updated_at=row.updated_at,
     )
 
 

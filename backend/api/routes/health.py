@@ -5,8 +5,9 @@ import os
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import CurrentUser, DatabaseOk, ModelsDep, SettingsDep
+from backend.api.deps import CurrentUser, DatabaseOk, ModelsDep, SettingsDep, UserModelsDep
 from backend.api.schemas import ModelInfo, ModelsPublic
+from backend.llm.own_key import OwnKeyModel
 
 router = APIRouter(tags=["health"])
 
@@ -44,16 +45,19 @@ async def ready(database: DatabaseOk, models: ModelsDep, settings: SettingsDep) 
 
 
 @router.get("/models", response_model=ModelsPublic)
-async def models(catalog: ModelsDep, _user: CurrentUser) -> ModelsPublic:
-    """Models a user may choose for /chat, the default first."""
+async def models(user_models: UserModelsDep, user: CurrentUser) -> ModelsPublic:
+    """Models the user may choose for /chat, the default first: their own model key's
+    (`own_key`), then the operator's."""
+    available = await user_models.available(user)
     return ModelsPublic(
         data=[
             ModelInfo(
                 id=m.name,
                 provider=m.provider,
                 context_window=m.context_window,
-                default=m is catalog.default,
+                default=i == 0,
+                own_key=isinstance(m, OwnKeyModel),
             )
-            for m in catalog.models
+            for i, m in enumerate(available)
         ]
     )

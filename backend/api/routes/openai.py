@@ -15,7 +15,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.api.deps import AnsweringUser, ChatServiceDep, CurrentUser, ModelsDep, SettingsDep
+from backend.api.deps import (
+    AnsweringUser,
+    ChatServiceDep,
+    CurrentUser,
+    ModelsDep,
+    SettingsDep,
+    UserModelsDep,
+)
 from backend.api.schemas import GenerationOptions
 from backend.api.sse import EventStream, data_frame
 from backend.common.errors import InvalidInput, NotFound
@@ -70,13 +77,13 @@ class ChatCompletionRequest(GenerationOptions):
 
 
 @router.get("/models")
-async def list_models(models: ModelsDep, _user: CurrentUser) -> dict[str, Any]:
-    """The models, as OpenAI lists them."""
+async def list_models(user_models: UserModelsDep, user: CurrentUser) -> dict[str, Any]:
+    """The models the caller may choose (their own model key's first), as OpenAI lists them."""
     return {
         "object": "list",
         "data": [
             {"id": h.name, "object": "model", "created": STARTED, "owned_by": h.provider}
-            for h in models.models
+            for h in await user_models.available(user)
         ],
     }
 
