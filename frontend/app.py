@@ -6,9 +6,11 @@ Documents tab uploads and lists what the answers draw on."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -45,14 +47,72 @@ def session_client() -> BackendClient:
 
 
 # --- signing in ----------------------------------------------------------------------------
+def app_url() -> str:
+    """This app's address as the browser sees it (where a sign-in returns)."""
+    given = os.environ.get("APP_PUBLIC_URL")
+    if given:
+        return given.rstrip("/") + "/"
+    return (st.context.url or "").split("?", 1)[0]
+
+
+def backend_public_url(client: BackendClient) -> str:
+    """The backend's address as the browser sees it (BACKEND_PUBLIC_URL, else BACKEND_URL)."""
+    return os.environ.get("BACKEND_PUBLIC_URL", client.base_url).rstrip("/")
+
+
+def sign_in_options(client: BackendClient) -> dict[str, Any]:
+    """How one may sign in here (kept for the session); the password form alone when the
+    backend cannot say (its error then shows at the first sign-in)."""
+    state = st.session_state
+    if not state.get("providers"):
+        try:
+            state.providers = client.providers()
+        except BackendError:
+            return {"registration": "open", "oidc": False, "user_keys": "off"}
+    return state.providers
+
+
+def provider_sign_in(client: BackendClient, providers: dict[str, Any]) -> None:
+    """The 'Sign in with …' button: the browser goes to the backend's login (then the
+    provider), and comes back here with a one-time ticket."""
+    if not providers.get("oidc"):
+        return
+    login = f"{backend_public_url(client)}/auth/oidc/login?" + urlencode({"next": app_url()})
+    st.markdown(
+        f'<a href="{html.escape(login)}" target="_self" class="ragstream-oidc" '
+        'style="display:inline-block;padding:0.5rem 1rem;border-radius:0.5rem;'
+        'background:#ff9d00;color:#000;text-decoration:none;font-weight:600">'
+        f"Sign in with {html.escape(providers['oidc_name'] or 'your provider')}</a>",
+        unsafe_allow_html=True,
+    )
+
+
+def redeem_ticket(client: BackendClient) -> None:
+    """Back from the provider with `?sign_in=<ticket>`: the ticket traded for a token."""
+    ticket = st.query_params.get("sign_in")
+    if not ticket:
+        return
+    del st.query_params["sign_in"]
+    try:
+        st.session_state.token = client.redeem(ticket)
+        st.session_state.notice = None
+    except BackendError as exc:
+        st.session_state.notice = f"Signing in failed: {exc.message}"
+
+
 def sign_in(client: BackendClient) -> None:
     state = st.session_state
     st.title("ragstream")
     st.caption("Retrieval-augmented chat. Sign in or create an account.")
     if state.notice:
         st.warning(state.notice)
-    login_tab, register_tab = st.tabs(["Sign in", "Create account"])
-    with login_tab, st.form("login"):
+    providers = sign_in_options(client)
+    provider_sign_in(client, providers)
+    if providers.get("registration") == "oidc":
+        st.caption("New accounts are created by signing in with the provider.")
+    open_registration = providers.get("registration") == "open"
+    tabs = st.tabs(["Sign in", "Create account"] if open_registration else ["Sign in"])
+    with tabs[0], st.form("login"):
         username = st.text_input("Username")
         password = st.text_input("Password", type="password")
         if st.form_submit_button("Sign in"):
@@ -62,7 +122,9 @@ def sign_in(client: BackendClient) -> None:
                 st.rerun()
             except BackendError as exc:
                 st.error(exc.message)
-    with register_tab, st.form("register"):
+    if not open_registration:
+        return
+    with tabs[1], st.form("register"):
         username = st.text_input("Username", key="new_username")
         password = st.text_input("Password (8 characters or more)", type="password", key="new_pw")
         if st.form_submit_button("Create account"):
@@ -475,10 +537,45 @@ def feedback_export(client: BackendClient) -> None:
 
 
 # --- page ----------------------------------------------------------------------------------
+def model_key_panel(client: BackendClient) -> None:
+    """Your own model key: your chats then run on it (masked once saved)."""
+    providers = sign_in_options(client)
+    if providers.get("user_keys") == "off":
+        return
+    with st.sidebar.expander("Your model key"):
+        saved = client.model_key()
+        if saved:
+            st.caption(
+                f"{saved['provider']} key {saved['hint']}"
+                + (f" · {saved['model']}" if saved.get("model") else "")
+                + (" (from your sign-in)" if saved["source"] == "sign-in" else "")
+            )
+            if st.button("Forget my key"):
+                client.delete_model_key()
+                st.rerun()
+        with st.form("model_key"):
+            provider = st.selectbox("Provider", ["huggingface", "openai-compatible"])
+            api_key = st.text_input("Key", type="password")
+            base_url = st.text_input("Base URL (optional for Hugging Face)")
+            model = st.text_input("Model")
+            if st.form_submit_button("Save key"):
+                try:
+                    client.save_model_key(
+                        provider=provider, api_key=api_key, base_url=base_url, model=model
+                    )
+                    st.rerun()
+                except BackendError as exc:
+                    st.error(exc.message)
+        if providers.get("oidc") and st.button(f"Link a {providers['oidc_name']} sign-in"):
+            url = client.link_url(app_url()).replace(client.base_url, backend_public_url(client), 1)
+            st.markdown(f"[Continue with {providers['oidc_name']}]({url})")
+
+
 def main() -> None:
     st.set_page_config(page_title="ragstream", page_icon="💬", layout="wide")
     client = session_client()
     state = st.session_state
+    redeem_ticket(client)
     if state.token is None:
         sign_in(client)
         return
@@ -491,6 +588,7 @@ def main() -> None:
         models = [m["id"] for m in client.models()]
         if len(models) > 1:
             st.sidebar.selectbox("Model", models, key="model")
+        model_key_panel(client)
         conversations_panel(client)
         options = retrieval_panel()
         if me.get("is_admin"):

@@ -124,6 +124,36 @@ class BackendClient:
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/auth/me")
 
+    def providers(self) -> dict[str, Any]:
+        """How one may sign in: the password form, an OpenID Connect provider."""
+        return self._request("GET", "/auth/providers")
+
+    def redeem(self, ticket: str) -> str:
+        """The token for a sign-in's one-time ticket (the provider sent the browser back)."""
+        self.token = self._request("POST", "/auth/oidc/ticket", json={"ticket": ticket})[
+            "access_token"
+        ]
+        return self.token
+
+    def link_url(self, next_url: str) -> str:
+        return self._request("POST", "/auth/oidc/link", json={"next": next_url})["url"]
+
+    def model_key(self) -> dict[str, Any] | None:
+        """The user's own model key, masked (None: none saved)."""
+        try:
+            return self._request("GET", "/auth/me/model-key")
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def save_model_key(self, **key: str | None) -> dict[str, Any]:
+        body = {name: value for name, value in key.items() if value}
+        return self._request("PUT", "/auth/me/model-key", json=body)
+
+    def delete_model_key(self) -> None:
+        self._request("DELETE", "/auth/me/model-key")
+
     def export_feedback(self) -> bytes:
         """What users said about answers, as NDJSON (admins only)."""
         try:

@@ -17,6 +17,14 @@ case "$part" in
             title="ragstream"; dockerfile=Dockerfile.space ;;
   *) echo "usage: scripts/make-space.sh backend|frontend|combined DIR" >&2; exit 2 ;;
 esac
+# The API Space signs users in with Hugging Face: the Hub then gives it OAUTH_CLIENT_ID,
+# OAUTH_CLIENT_SECRET, OAUTH_SCOPES and OPENID_PROVIDER_URL, which the backend picks up; with
+# inference-api each user's chats run on their own Hugging Face account (docs/auth.md).
+# (The combined Space keeps password accounts: its backend is not reachable from browsers.)
+oauth=""
+if [ "$part" = backend ]; then
+  oauth=$'hf_oauth: true\nhf_oauth_redirect_path: /auth/oidc/callback\nhf_oauth_scopes:\n  - email\n  - inference-api\n'
+fi
 mkdir -p "$out"
 for f in "${files[@]}"; do
   mkdir -p "$out/$(dirname "$f")"
@@ -33,7 +41,7 @@ colorTo: blue
 sdk: docker
 app_port: 7860
 pinned: false
----
+${oauth}---
 
 $title, from ragstream. Settings come from the Space's variables and secrets.
 README

@@ -92,7 +92,7 @@ async def checked_addresses(host: str, port: int, policy: HostPolicy) -> list[st
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
             )
-        except OSError:
+        except (OSError, UnicodeError):
             raise AddressRefused(f"the host {host!r} cannot be resolved") from None
         found = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in found:

@@ -204,7 +204,7 @@ class UserModels:
                 response = await http.get(url, headers=headers)
         except AddressRefused as exc:
             raise InvalidInput(f"base_url is refused: {exc.reason}", field=("base_url",)) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise InvalidInput(
                 f"the server at base_url cannot be reached ({type(exc).__name__})",
                 field=("base_url",),

@@ -99,12 +99,18 @@ def test_a_users_key_is_kept_encrypted_shown_masked_and_serves_their_chats_only(
     assert model.seen[0].body["model"] == "their-model"
     own_chat_spent = tokens_spent(keyed, me["id"]) - before
     assert own_chat_spent == 0  # the operator's counter did not move
+    usage = answer.first("done")["usage"]
 
     # On the operator's model (chosen by name) the quota counts as before.
     operator = stream_chat(keyed.http, owner, message="And on yours?", model="fake-model")
     assert operator.text()
     assert len(model.seen) == 1
-    assert tokens_spent(keyed, me["id"]) > before
+    operator_chat_spent = tokens_spent(keyed, me["id"]) - before
+    assert operator_chat_spent > 0
+    print(
+        f"\ntoken counter: before {before}; chat on the user's key ({usage}) +{own_chat_spent}; "
+        f"chat on the operator's model +{operator_chat_spent}"
+    )
 
     # Somebody else's chat never carries the key (nor reaches the user's model).
     other = register(keyed.http)

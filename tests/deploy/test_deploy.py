@@ -182,6 +182,12 @@ def test_make_space_assembles_a_docker_space(
     header = (out / "README.md").read_text().split("---")[1]
     assert yaml.safe_load(header)["sdk"] == "docker"
     assert yaml.safe_load(header)["app_port"] == 7860
+    # The API Space signs in with Hugging Face (its OAUTH_* variables), the others do not.
+    metadata = yaml.safe_load(header)
+    assert metadata.get("hf_oauth", False) is (part == "backend")
+    if part == "backend":
+        assert metadata["hf_oauth_redirect_path"] == "/auth/oidc/callback"
+        assert metadata["hf_oauth_scopes"] == ["email", "inference-api"]
     # Every file the Dockerfile copies is there.
     for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", (out / "Dockerfile").read_text(), re.M):
         if not source.startswith("/"):

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, fake_model, free_port, ingest
+from tests.helpers import LiveServer, Serve, fake_model, free_port, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -34,10 +35,11 @@ def model():
     return fake_model([REPLY, SHORTER])
 
 
-@pytest.fixture
-def frontend(server: LiveServer) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "BACKEND_URL": server.url}
+@contextmanager
+def streamlit_app(backend_url: str, port: int | None = None) -> Iterator[str]:
+    """`streamlit run frontend/app.py` against the backend, on 127.0.0.1:`port`."""
+    port = port or free_port()
+    env = {**os.environ, "BACKEND_URL": backend_url}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "frontend/app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -58,8 +60,8 @@ def frontend(server: LiveServer) -> Iterator[str]:
         process.wait(timeout=20)
 
 
-@pytest.fixture
-def page(frontend: str) -> Iterator:
+@contextmanager
+def chromium_page() -> Iterator:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -74,6 +76,18 @@ def page(frontend: str) -> Iterator:
         page.set_default_timeout(30_000)
         yield page
         browser.close()
+
+
+@pytest.fixture
+def frontend(server: LiveServer) -> Iterator[str]:
+    with streamlit_app(server.url) as url:
+        yield url
+
+
+@pytest.fixture
+def page(frontend: str) -> Iterator:
+    with chromium_page() as page:
+        yield page
 
 
 def sign_up(page, frontend: str, username: str, password: str) -> None:
@@ -152,3 +166,40 @@ def test_revise_an_answer_and_switch_between_its_versions(page, frontend: str) -
     expect(page.get_by_text("1 / 2")).to_be_visible()
     expect(page.get_by_text(REPLY).first).to_be_visible()
     expect(page.get_by_text(SHORTER, exact=True)).to_have_count(0)
+
+
+def test_sign_in_with_the_providers_button(serve: Serve, oidc_provider: str) -> None:
+    """The app's "Sign in with …" button: the backend's login, the provider's form, back in
+    the app signed in (the ticket traded for a token), the account the provider's."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    app_url = f"http://127.0.0.1:{port}"
+    server = serve(
+        model=fake_model([REPLY]),
+        oidc_issuer=oidc_provider,
+        oidc_client_id="ragstream-browser",
+        oidc_client_secret="browser-secret",
+        oidc_provider_name="Test ID",
+        oidc_next_origins=[app_url],
+    )
+    response = httpx.put(
+        f"{oidc_provider}/users/sub-browser",
+        json={"sub": "sub-browser", "preferred_username": "ada-from-test-id"},
+    )
+    assert response.status_code == 204
+    with streamlit_app(server.url, port) as frontend, chromium_page() as page:
+        page.goto(frontend)
+        button = page.get_by_role("link", name="Sign in with Test ID")
+        expect(button).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "5-sign-in-with-provider.png")
+        button.click()
+        page.locator('input[name="sub"]').fill("sub-browser")
+        page.get_by_role("button", name="Authorize").click()
+        expect(page.get_by_text("Signed in as")).to_be_visible()
+        expect(page.get_by_text("ada-from-test-id")).to_be_visible()
+        assert "sign_in=" not in page.url  # the ticket is spent and off the address bar
+        page.get_by_test_id("stChatInputTextArea").fill("Hello?")
+        page.keyboard.press("Enter")
+        expect(page.get_by_text(REPLY).first).to_be_visible()
+        page.screenshot(path=ARTIFACTS / "6-signed-in-with-provider.png", full_page=True)
