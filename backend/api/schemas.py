@@ -6,9 +6,17 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from backend.llm.own_key import own_model_id
 from backend.retrieval.filters import FilterError, validate_filter
 from backend.services.answer import Answer
 from backend.services.ingestion import NewDocument
@@ -73,10 +81,14 @@ class ModelKeyPublic(BaseModel):
     hint: str = Field(description="The key, masked (`hf_…x9Yz`).")
     base_url: str | None
     model: str | None
-    model_id: str = Field(description="Its id in GET /models and /chat's `model`.")
     source: str = Field(description="`user`: saved by you; `sign-in`: your sign-in's token.")
     expires_at: datetime | None
     updated_at: datetime
+
+    @computed_field(description="Its id in GET /models and /chat's `model`.")  # type: ignore[prop-decorator]
+    @property
+    def model_id(self) -> str:
+        return own_model_id(self.provider, self.model, self.base_url)
 
 
 class SignInProvider(BaseModel):

@@ -41,6 +41,16 @@ OWN_KEY_MESSAGES = {
 }
 
 
+def own_model_name(provider: str, model: str | None) -> str:
+    """The model a key asks for: the one saved with it, else Hugging Face's default."""
+    return model or (DEFAULT_HF_MODEL if provider == "huggingface" else "")
+
+
+def own_model_id(provider: str, model: str | None, base_url: str | None) -> str:
+    """Its id in GET /models and /chat's `model`: never one of the operator's."""
+    return OWN_PREFIX + (own_model_name(provider, model) or base_url or provider)
+
+
 @dataclass(frozen=True)
 class OwnKey:
     """A user's key, decrypted for the moment a model is built from it."""
@@ -53,11 +63,11 @@ class OwnKey:
 
     @property
     def model_name(self) -> str:
-        return self.model or (DEFAULT_HF_MODEL if self.provider == "huggingface" else "")
+        return own_model_name(self.provider, self.model)
 
     @property
     def model_id(self) -> str:
-        return OWN_PREFIX + (self.model_name or self.base_url or self.provider)
+        return own_model_id(self.provider, self.model, self.base_url)
 
     @property
     def url(self) -> str:

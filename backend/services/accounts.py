@@ -102,14 +102,15 @@ class Accounts:
             )
             if link_to is not None:
                 user = await self._link(session, identity, claims, link_to)
-                identity = await self._identity_of(session, claims, user.id)
             elif identity is not None:
                 found = await session.get(User, identity.user_id)
                 assert found is not None  # the identity's account (deleted with it)
                 user = found
             else:
                 user = await self._create(session, claims)
-                identity = await self._identity_of(session, claims, user.id)
+            if identity is None:
+                identity = Identity(user_id=user.id, issuer=claims.issuer, subject=claims.subject)
+                session.add(identity)
             if not user.is_active:
                 raise NotAuthenticated("this account is disabled")
             ticket = secrets.token_urlsafe(32)
@@ -120,18 +121,6 @@ class Accounts:
             await session.commit()
             await session.refresh(user)
         return user, ticket
-
-    async def _identity_of(self, session: AsyncSession, claims: Claims, user_id: str) -> Identity:
-        identity = await session.scalar(
-            select(Identity).where(
-                Identity.issuer == claims.issuer, Identity.subject == claims.subject
-            )
-        )
-        if identity is None:
-            identity = Identity(user_id=user_id, issuer=claims.issuer, subject=claims.subject)
-            session.add(identity)
-            await session.flush()
-        return identity
 
     async def _link(
         self, session: AsyncSession, identity: Identity | None, claims: Claims, user_id: str

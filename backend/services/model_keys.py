@@ -142,19 +142,38 @@ class UserModels:
         if not self.enabled:
             raise Forbidden("this service does not take users' model keys (USER_KEYS=off)")
         key = await self.check(given)
+        row = await self._store(
+            user.id,
+            keep_users=False,
+            provider=key.provider,
+            base_url=key.base_url,
+            model=key.model,
+            encrypted_key=self.box.seal(key.api_key),
+            hint=key.hint,
+            source="user",
+            encrypted_refresh=None,
+            expires_at=None,
+        )
+        assert row is not None
+        log.info("user %s saved a %s model key", user.id, key.provider)
+        return row
+
+    async def _store(self, user_id: str, *, keep_users: bool, **fields: Any) -> ModelKey | None:
+        """Write the user's one key row (created if need be) and forget the model built
+        from the old one; `keep_users`: leave a key the user saved themselves (None)."""
         async with self.sessions() as session:
-            row = await session.get(ModelKey, user.id)
+            row = await session.get(ModelKey, user_id)
+            if row is not None and keep_users and row.source == "user":
+                return None
             if row is None:
-                row = ModelKey(user_id=user.id, created_at=utcnow())
+                row = ModelKey(user_id=user_id, created_at=utcnow())
                 session.add(row)
-            row.provider, row.base_url, row.model = key.provider, key.base_url, key.model
-            row.encrypted_key, row.hint = self.box.seal(key.api_key), key.hint
-            row.source, row.encrypted_refresh, row.expires_at = "user", None, None
+            for name, value in fields.items():
+                setattr(row, name, value)
             row.updated_at = utcnow()
             await session.commit()
             await session.refresh(row)
-        await self._forget(user.id)
-        log.info("user %s saved a %s model key", user.id, key.provider)
+        await self._forget(user_id)
         return row
 
     async def check(self, given: KeyInput) -> OwnKey:
@@ -228,24 +247,23 @@ class UserModels:
         access_token: str,
         refresh_token: str | None,
         expires_at: datetime | None,
-    ) -> None:
+    ) -> ModelKey | None:
         """The Hugging Face token of a sign-in (scope inference-api) as the user's key,
-        unless the user saved one of their own."""
+        unless the user saved one of their own (then None)."""
         if not self.enabled:
-            return
-        async with self.sessions() as session:
-            row = await session.get(ModelKey, user_id)
-            if row is not None and row.source == "user":
-                return
-            if row is None:
-                row = ModelKey(user_id=user_id, created_at=utcnow(), provider="huggingface")
-                session.add(row)
-            row.provider, row.source, row.base_url, row.model = "huggingface", "sign-in", None, None
-            row.encrypted_key, row.hint = self.box.seal(access_token), mask(access_token)
-            row.encrypted_refresh = self.box.seal(refresh_token) if refresh_token else None
-            row.expires_at, row.updated_at = expires_at, utcnow()
-            await session.commit()
-        await self._forget(user_id)
+            return None
+        return await self._store(
+            user_id,
+            keep_users=True,
+            provider="huggingface",
+            base_url=None,
+            model=None,
+            encrypted_key=self.box.seal(access_token),
+            hint=mask(access_token),
+            source="sign-in",
+            encrypted_refresh=self.box.seal(refresh_token) if refresh_token else None,
+            expires_at=expires_at,
+        )
 
     async def delete(self, user: User) -> bool:
         async with self.sessions() as session:
@@ -319,16 +337,13 @@ class UserModels:
                 "refreshed; sign in again",
                 code="model_auth",
             ) from None
-        await self.save_sign_in_token(
+        fresh = await self.save_sign_in_token(
             row.user_id,
             access_token=token["access_token"],
             refresh_token=token.get("refresh_token") or self.box.open(row.encrypted_refresh),
             expires_at=expiry(token),
         )
-        async with self.sessions() as session:
-            fresh = await session.get(ModelKey, row.user_id)
-        assert fresh is not None
-        return fresh
+        return fresh or row  # None: the user saved a key of their own meanwhile
 
     async def _forget(self, user_id: str) -> None:
         built = self._built.pop(user_id, None)

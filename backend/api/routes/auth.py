@@ -27,9 +27,9 @@ from backend.api.schemas import (
     UserPublic,
 )
 from backend.common.errors import Conflict, Forbidden, NotAuthenticated, NotFound
+from backend.common.settings import Settings
 from backend.db import repository
-from backend.db.models import ModelKey
-from backend.llm.own_key import OwnKey
+from backend.db.models import User
 from backend.services.model_keys import KeyInput
 from backend.services.security import (
     create_access_token,
@@ -90,6 +90,11 @@ async def login(
         raise NotAuthenticated("incorrect username or password")
     if not user.is_active:
         raise NotAuthenticated("this account is disabled")
+    return bearer_token(user, settings)
+
+
+def bearer_token(user: User, settings: Settings) -> Token:
+    """This backend's own access token for `user` (signed in by password or provider)."""
     token = create_access_token(
         subject=user.id,
         secret_key=settings.secret_key.get_secret_value(),
@@ -124,7 +129,7 @@ async def save_model_key(
             provider=body.provider, api_key=body.api_key, base_url=body.base_url, model=body.model
         ),
     )
-    return _key_public(row)
+    return ModelKeyPublic.model_validate(row)
 
 
 @router.get("/me/model-key", response_model=ModelKeyPublic)
@@ -133,7 +138,7 @@ async def get_model_key(user: CurrentUser, user_models: UserModelsDep) -> ModelK
     row = await user_models.stored(user)
     if row is None:
         raise NotFound("you have no model key saved")
-    return _key_public(row)
+    return ModelKeyPublic.model_validate(row)
 
 
 @router.delete("/me/model-key", status_code=status.HTTP_204_NO_CONTENT)
@@ -142,22 +147,6 @@ async def delete_model_key(user: CurrentUser, user_models: UserModelsDep) -> Res
     if not await user_models.delete(user):
         raise NotFound("you have no model key saved")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _key_public(row: ModelKey) -> ModelKeyPublic:
-    own = OwnKey(
-        provider=row.provider, api_key="", hint=row.hint, base_url=row.base_url, model=row.model
-    )
-    return ModelKeyPublic(
-        provider=row.provider,
-        hint=row.hint,
-        base_url=row.base_url,
-        model=row.model,
-        model_id=own.model_id,
-        source=row.source,
-        expires_at=row.expires_at,
-        updated_at=row.updated_at,
-    )
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)

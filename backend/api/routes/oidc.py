@@ -27,12 +27,12 @@ from fastapi.responses import RedirectResponse
 from joserfc.errors import JoseError
 
 from backend.api.deps import ComponentsDep, CurrentUser, SettingsDep
+from backend.api.routes.auth import bearer_token
 from backend.api.schemas import LinkStart, LinkUrl, SignInProvider, Ticket, Token
 from backend.common.errors import InvalidInput, NotFound, SignInFailed, UpstreamFailed
 from backend.common.settings import OidcConfig, Settings
 from backend.services.accounts import Claims
 from backend.services.model_keys import expiry
-from backend.services.security import create_access_token
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,9 @@ class OidcClient:
     async def refresh(self, refresh_token: str) -> dict[str, Any]:
         """A new token response for `refresh_token` (users' sign-in tokens, scope
         inference-api)."""
-        metadata = await self.client.load_server_metadata()
-        async with self.client._get_oauth_client(**metadata) as http:
-            token = await http.refresh_token(
-                metadata["token_endpoint"], refresh_token=refresh_token
-            )
+        token = await self.client.fetch_access_token(
+            grant_type="refresh_token", refresh_token=refresh_token
+        )
         return dict(token)
 
 
@@ -156,10 +154,9 @@ async def oidc_login(
     link_to = _read(settings, "link", link, "the link")["sub"] if link else None
     session: dict[str, Any] = {}
     request.scope["session"] = session
+    redirect_uri = _redirect_uri(request, client.config)
     try:
-        response = await client.client.authorize_redirect(
-            request, _redirect_uri(request, client.config)
-        )
+        response = await client.client.authorize_redirect(request, redirect_uri)
     except (httpx.HTTPError, OAuthError, ValueError, KeyError) as exc:
         log.warning("the OpenID Connect provider's discovery failed: %r", exc)
         raise UpstreamFailed(
@@ -176,7 +173,7 @@ async def oidc_login(
         path=FLOW_PATH,
         httponly=True,
         samesite="lax",
-        secure=_redirect_uri(request, client.config).startswith("https://"),
+        secure=redirect_uri.startswith("https://"),
     )
     return response
 
@@ -231,13 +228,7 @@ async def oidc_callback(
 @router.post("/oidc/ticket", response_model=Token)
 async def oidc_ticket(body: Ticket, components: ComponentsDep, settings: SettingsDep) -> Token:
     """Trade the one-time ticket of a sign-in for a bearer token (once, within a minute)."""
-    user = await components.accounts.redeem(body.ticket)
-    token = create_access_token(
-        subject=user.id,
-        secret_key=settings.secret_key.get_secret_value(),
-        minutes=settings.access_token_minutes,
-    )
-    return Token(access_token=token, expires_in=settings.access_token_minutes * 60)
+    return bearer_token(await components.accounts.redeem(body.ticket), settings)
 
 
 @router.post("/oidc/link", response_model=LinkUrl)
