@@ -6,13 +6,18 @@ The upstream is a loopback OpenAI-compatible server (tests/upstream.py) that ans
 once and then emits tokens at a fixed pace; the backend runs as its own process
 (`python -m backend`), as in production.
 
-    .venv/bin/python -m bench.remote_overhead [--concurrency 1,50] [--tokens 200]
+    .venv/bin/python -m bench.remote_overhead [--concurrency 1,50] [--tokens 200] [--own-key]
+
+`--own-key` measures, in the same run, a user whose chats run on their own model key (the
+same upstream, saved with PUT /auth/me/model-key: the key looked up per turn, the address
+guard on every connection) beside the operator's model, the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -95,6 +100,12 @@ async def one_stream(
     return (first - started) * 1000, rate, count, server_ttft
 
 
+def account(http: httpx.Client, username: str) -> dict[str, str]:
+    http.post("/auth/register", json={"username": username, "password": "bench-password"})
+    token = http.post("/auth/token", data={"username": username, "password": "bench-password"})
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
 async def run(
     url: str, headers: dict[str, str], concurrency: int, max_tokens: int
 ) -> list[tuple[float, float, int, float]]:
@@ -111,6 +122,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="record the backend with py-spy into this file")
+    parser.add_argument(
+        "--own-key", action="store_true", help="also a user's own model key on the same upstream"
+    )
     args = parser.parse_args()
 
     if args.serve_upstream:
@@ -123,7 +137,8 @@ def main() -> None:
     up_port = free_port()
     serve = [
         sys.executable,
-        __file__,
+        "-m",
+        "bench.remote_overhead",  # as a module: `tests` then imports from the checkout
         "--serve-upstream",
         str(up_port),
         "--tokens",
@@ -150,6 +165,11 @@ def main() -> None:
                 ]
             ),
             "LOG_LEVEL": "warning",
+            # One user's many streams are the load here, not something to refuse.
+            "LIMIT_REQUESTS": "1000000/minute",
+            "LIMIT_STREAMS": "100000",
+            "LIMIT_TOKENS_PER_DAY": "1000000000",
+            "USER_KEY_ALLOWED_HOSTS": json.dumps([f"127.0.0.1:{up_port}"]),
             "HF_HUB_DISABLE_TELEMETRY": "1",
         }
         backend = subprocess.Popen([sys.executable, "-m", "backend"], cwd=ROOT, env=env)
@@ -162,15 +182,29 @@ def main() -> None:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.5)
+            for _ in range(120):  # the upstream too, before a key to it is checked
+                try:
+                    httpx.post(f"{up.url}/stats", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.25)
+            else:
+                raise RuntimeError("the loopback upstream did not start")
             with httpx.Client(base_url=url) as http:
-                http.post(
-                    "/auth/register", json={"username": "bench", "password": "bench-password"}
-                )
-                token = http.post(
-                    "/auth/token", data={"username": "bench", "password": "bench-password"}
-                ).json()
-            headers = {"Authorization": f"Bearer {token['access_token']}"}
-            asyncio.run(run(url, headers, 2, 8))  # warm-up
+                users = {"operator's model": account(http, "bench")}
+                if args.own_key:
+                    own = account(http, "bench-own-key")
+                    saved = http.put(
+                        "/auth/me/model-key",
+                        headers=own,
+                        json={"provider": "openai-compatible", "api_key": "sk-bench-own-key",
+                              "base_url": up.url, "model": "m"},
+                    )  # fmt: skip
+                    if saved.status_code != 200:
+                        raise RuntimeError(f"saving the key: {saved.text}")
+                    users["user's own key"] = own
+            for headers in users.values():
+                asyncio.run(run(url, headers, 2, 8))  # warm-up
             profiler = None
             if args.profile:  # py-spy samples the backend while the streams run
                 profiler = subprocess.Popen(
@@ -194,7 +228,9 @@ def main() -> None:
                 f"{args.interval_ms} ms (~{upstream_rate:.0f} tokens/s); backend in its own "
                 f"process; {os.cpu_count()} cores"
             )
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
+            for (who, headers), concurrency in itertools.product(
+                users.items(), (int(c) for c in args.concurrency.split(","))
+            ):
                 ttft, rates, upstream_ttft, server_ttft = [], [], [], []
                 httpx.post(f"{up.url}/stats")
                 for _ in range(args.rounds):
@@ -207,7 +243,7 @@ def main() -> None:
                 added = sorted(t - own for t in ttft)
                 inside = sorted(t - own for t in server_ttft)
                 print(
-                    f"{concurrency:>3} concurrent: added before the first token, seen by the "
+                    f"{who}, {concurrency:>3} concurrent: added before the first token, seen by the "
                     f"client p50 {statistics.median(added):.1f} ms p95 {p95(added):.1f} ms; "
                     f"inside the backend (question stored -> first token out) p50 "
                     f"{statistics.median(inside):.1f} ms p95 {p95(inside):.1f} ms; "
